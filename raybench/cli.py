@@ -1,0 +1,90 @@
+"""The ``raybench`` command line: one sub-command per stage.
+
+Library code raises :class:`raybench.errors.RaybenchError` for bad input; ``main`` turns it
+into one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from raybench.errors import RaybenchError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> None:  # noqa: D102 - argparse hook
+        raise RaybenchError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+_positive_int.__name__ = "positive integer"  # argparse names the type in its error message
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from preprocessing.synth.generator import SynthConfig, generate
+    from raybench.progress import progress_bar
+
+    config = SynthConfig(out=args.out, patients=args.patients, seed=args.seed,
+                         image_size=args.image_size)
+    with progress_bar() as progress:
+        manifest = generate(config, progress=progress)
+    counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
+    print(f"wrote synthetic MIMIC to {args.out} in {manifest['seconds']:.1f} s: {counts}")
+    return 0
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from preprocessing.pipeline import run_preprocess
+
+    run_preprocess(mimic_iv=args.mimic_iv, mimic_cxr=args.mimic_cxr, out=args.out,
+                   config_path=args.config)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with all sub-commands."""
+    parser = _Parser(prog="raybench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    synth = sub.add_parser("synth", help="write a synthetic MIMIC-IV + MIMIC-CXR-JPG tree")
+    synth.add_argument("--out", type=Path, required=True, help="output directory")
+    synth.add_argument("--patients", type=_positive_int, default=200, help="number of patients")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    synth.add_argument("--image-size", type=_positive_int, default=512,
+                       help="JPEG width in px (height is 1.2x); 2500 for full-size images")
+    synth.set_defaults(func=_cmd_synth)
+
+    prep = sub.add_parser("preprocess", help="raw MIMIC -> prepared Parquet dataset")
+    prep.add_argument("--mimic-iv", type=Path, required=True, help="MIMIC-IV root (hosp/, icu/)")
+    prep.add_argument("--mimic-cxr", type=Path, required=True, help="MIMIC-CXR-JPG root")
+    prep.add_argument("--out", type=Path, required=True, help="prepared dataset directory")
+    prep.add_argument("--config", type=Path, default=None, help="preprocessing YAML (optional)")
+    prep.set_defaults(func=_cmd_preprocess)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``raybench`` console script."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except RaybenchError as exc:
+        print(f"raybench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raybench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
