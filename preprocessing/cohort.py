@@ -1,0 +1,113 @@
+"""The base cohort: adult ICU stays after the documented exclusions, with patient-level splits.
+
+Exclusions (each counted in the manifest, in this order): stays whose ``outtime`` is not
+after ``intime``; age at admission < ``min_age``; care-unit transfers
+(``first_careunit != last_careunit``); admissions with more than one ICU stay. The last two
+follow mimic3-benchmarks / MedMod and can be switched off in the config.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from preprocessing import schemas as S
+from preprocessing.config import PreprocessConfig
+from preprocessing.raw_io import REQUIRED_COLUMNS, read_table
+from preprocessing.synth.cohort import race_group
+from raybench.errors import RaybenchError
+
+AGE_BINS = (0, 40, 60, 80, np.inf)
+AGE_LABELS = ("18-39", "40-59", "60-79", "80+")
+SPLITS = ("train", "val", "test")
+
+
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    """A fixed integer hash (SplitMix64 finaliser), identical on every platform."""
+    with np.errstate(over="ignore"):
+        z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def assign_splits(subject_ids: np.ndarray, fractions, seed: int) -> np.ndarray:
+    """Deterministic patient-level split: a subject's split depends only on its id and seed."""
+    salted = np.asarray(subject_ids, dtype=np.uint64) ^ _splitmix64(np.array([seed]))[0]
+    u = (_splitmix64(salted) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    edges = np.cumsum(fractions)[:-1]
+    return np.array(SPLITS, dtype=object)[np.searchsorted(edges, u, side="right")]
+
+
+def build_cohort(files: dict[str, Path], config: PreprocessConfig) -> tuple[pd.DataFrame, list]:
+    """Join icustays, admissions and patients; apply exclusions; add groups and split.
+
+    Returns:
+        (stays, exclusions): one row per kept stay, and (filter, stays before, stays after)
+        for each exclusion step.
+
+    Raises:
+        RaybenchError: when a filter leaves no stay, naming that filter.
+    """
+    icu = read_table(files["icustays"], S.ICUSTAYS, REQUIRED_COLUMNS["icustays"])
+    adm = read_table(files["admissions"], S.ADMISSIONS, REQUIRED_COLUMNS["admissions"])
+    pat = read_table(files["patients"], S.PATIENTS, REQUIRED_COLUMNS["patients"])
+    pat = pat.merge(_dod(files["patients"]), on="subject_id", how="left")
+    stays = icu.merge(adm.drop(columns="subject_id"), on="hadm_id", how="inner")
+    stays = stays.merge(pat, on="subject_id", how="inner")
+    stays["age"] = stays["anchor_age"] + (stays["admittime"].dt.year - stays["anchor_year"])
+    stays["los_hours"] = (stays["outtime"] - stays["intime"]) / pd.Timedelta(hours=1)
+
+    steps: list[tuple[str, pd.Series | None]] = [
+        ("ICU stay has an admission and a patient", None),
+        ("outtime after intime", stays["los_hours"] > 0),
+        (f"adult (age >= {config.min_age})", stays["age"] >= config.min_age),
+    ]
+    if config.exclude_transfers:
+        steps.append(("no care-unit transfer", stays["first_careunit"] == stays["last_careunit"]))
+    if config.exclude_multi_stay_admissions:
+        per_adm = stays.groupby("hadm_id")["stay_id"].transform("size")
+        steps.append(("one ICU stay in the admission", per_adm == 1))
+    exclusions = []
+    keep = pd.Series(True, index=stays.index)
+    before = len(icu)
+    for name, mask in steps:
+        if mask is not None:
+            keep &= mask
+        after = int(keep.sum())
+        exclusions.append({"filter": name, "before": before, "after": after})
+        if after == 0:
+            raise RaybenchError(
+                f"the base cohort is empty after the filter '{name}' ({before} stays before it)"
+            )
+        before = after
+    stays = stays[keep].copy()
+
+    hospital_death = stays["deathtime"].notna() & (stays["deathtime"] >= stays["admittime"]) & (
+        stays["deathtime"] <= stays["dischtime"] + pd.Timedelta(hours=24))
+    # MedMod also counts a date of death within the admission when deathtime is blank;
+    # its time is then unknown and taken as the discharge time.
+    dod_in_stay = stays["deathtime"].isna() & stays["dod"].notna() & (
+        stays["dod"] >= stays["admittime"].dt.normalize()) & (
+        stays["dod"] <= stays["dischtime"].dt.normalize())
+    stays["death_time"] = stays["deathtime"].where(hospital_death)
+    stays.loc[dod_in_stay, "death_time"] = stays.loc[dod_in_stay, "dischtime"]
+    stays["died_in_hospital"] = stays["death_time"].notna()
+    stays["sex"] = stays["gender"]
+    stays["race_group"] = race_group(stays["race"].to_numpy())
+    stays["age_group"] = pd.cut(stays["age"], AGE_BINS, labels=AGE_LABELS, right=False).astype(str)
+    stays["split"] = assign_splits(stays["subject_id"].to_numpy(), config.split_fractions,
+                                   config.split_seed)
+    columns = ["stay_id", "subject_id", "hadm_id", "split", "intime", "outtime", "los_hours",
+               "admittime", "dischtime", "death_time", "died_in_hospital", "age", "age_group",
+               "sex", "race", "race_group", "insurance", "admission_type"]
+    stays = stays[columns].sort_values("stay_id").reset_index(drop=True)
+    return stays, exclusions
+
+
+def _dod(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, usecols=["subject_id", "dod"], dtype={"subject_id": "int64"})
+    frame["dod"] = pd.to_datetime(frame["dod"], errors="coerce")
+    return frame
