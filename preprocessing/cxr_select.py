@@ -66,6 +66,6 @@ def latest_image(
     start = matched["intime"] - pd.Timedelta(hours=lookback_hours)
     ok = matched["time"].notna() & (matched["time"] >= start)
     dicom = matched["dicom_id"].where(ok)
-    out = pd.Series(pd.NA, index=np.arange(len(samples)), dtype="string")
-    out.iloc[matched["_row"].to_numpy()] = dicom.astype("string").to_numpy()
-    return out
+    values = np.full(len(samples), None, dtype=object)
+    values[matched["_row"].to_numpy()] = dicom.astype(object).where(ok, None).to_numpy()
+    return pd.Series(values, index=samples.index, dtype="string")

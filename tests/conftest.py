@@ -15,3 +15,15 @@ def synth_small(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth_small")
     generate(SynthConfig(out=out, patients=300, seed=7, image_size=64))
     return out
+
+
+@pytest.fixture(scope="session")
+def prepared_small(synth_small, tmp_path_factory) -> Path:
+    """The small synthetic tree run through ``raybench preprocess`` (64 px CXRs)."""
+    from preprocessing.config import PreprocessConfig
+    from preprocessing.pipeline import run_preprocess
+
+    out = tmp_path_factory.mktemp("prepared_small")
+    run_preprocess(synth_small / "mimic-iv", synth_small / "mimic-cxr-jpg", out,
+                   config=PreprocessConfig(cxr_image_size=32), show=False)
+    return out
