@@ -51,6 +51,13 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from raybench.train_cli import run_train
+
+    run_train(args.task, args.method, args.data, args.set or [], args.output)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all sub-commands."""
     parser = _Parser(prog="raybench", description=__doc__.splitlines()[0])
@@ -70,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", type=Path, required=True, help="prepared dataset directory")
     prep.add_argument("--config", type=Path, default=None, help="preprocessing YAML (optional)")
     prep.set_defaults(func=_cmd_preprocess)
+
+    train = sub.add_parser("train", help="train one method on one task (local debug run)")
+    train.add_argument("--task", required=True, help="task name (see docs/preprocessing.md)")
+    train.add_argument("--method", required=True, help="registered method name")
+    train.add_argument("--data", type=Path, required=True, help="prepared dataset directory")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a model, trainer or loader setting (repeatable)")
+    train.add_argument("--output", type=Path, default=None,
+                       help="write metrics.json and predictions.parquet here")
+    train.set_defaults(func=_cmd_train)
     return parser
 
 

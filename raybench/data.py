@@ -1,0 +1,223 @@
+"""Prepared-dataset loading and batching for training.
+
+:func:`load_prepared` reads one task of a prepared dataset into plain numpy arrays
+(:class:`PreparedTask`): the EHR feature matrix of all stays, the CXR images as uint8, and
+per sample the row where its stay starts, its number of EHR steps, its image row and its
+label. Hourly samples of a stay share the stay's rows (a prefix), so series are never copied.
+The arrays can be put once in the Ray object store and read zero-copy by every trial on a
+node. :func:`iterate_batches` gathers batches with vectorised indexing and applies the
+anchors' CXR augmentation (random affine + horizontal flip, then centre crop and ImageNet
+normalisation) to a whole batch at once with ``affine_grid``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from raybench.errors import RaybenchError
+from raybench.tasks import get_task
+
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+GROUP_COLUMNS = ("race_group", "sex", "age_group", "insurance")
+IMAGENET_MEAN, IMAGENET_STD = 0.449, 0.226  # grey level: mean of ImageNet's RGB statistics
+
+
+@dataclass
+class PreparedTask:
+    """One task of a prepared dataset as numpy arrays (picklable, object-store friendly)."""
+
+    task: str
+    kind: str
+    label_names: list[str]
+    feature_names: list[str]
+    ehr: np.ndarray  # float32 [rows, F], all stays, ordered by (stay_id, step)
+    images: np.ndarray  # uint8 [M, S, S]
+    ehr_start: np.ndarray  # int64 [N]
+    n_steps: np.ndarray  # int32 [N]
+    image_row: np.ndarray  # int32 [N], -1 = no image
+    y: np.ndarray  # float32 [N, K] (binary / multilabel) or int64 [N] (multiclass)
+    split: np.ndarray  # int8 [N], SPLIT_CODES
+    stay_id: np.ndarray  # int64 [N]; for joining only, never written to reports
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
+    remaining_hours: np.ndarray | None = None
+
+    @property
+    def n_outputs(self) -> int:
+        """Logits per sample."""
+        return len(self.label_names)
+
+    @property
+    def image_size(self) -> int:
+        """Side of the stored square images."""
+        return int(self.images.shape[1]) if self.images.size else 0
+
+    def indices(self, split: str) -> np.ndarray:
+        """Sample indices of a split."""
+        return np.flatnonzero(self.split == SPLIT_CODES[split])
+
+
+def _read_manifest(dataset: Path) -> dict:
+    path = Path(dataset) / "manifest.json"
+    if not path.is_file():
+        raise RaybenchError(f"{dataset} is not a prepared dataset (no manifest.json); "
+                            "run `raybench preprocess` first")
+    return json.loads(path.read_text())
+
+
+def load_prepared(dataset: Path, task: str, imputation: str = "medmod") -> PreparedTask:
+    """Load ``task`` of the prepared dataset at ``dataset`` (EHR features of ``imputation``)."""
+    dataset = Path(dataset)
+    manifest = _read_manifest(dataset)
+    get_task(task)
+    if task not in manifest["tasks"]:
+        raise RaybenchError(f"task {task!r} is not in {dataset}/manifest.json")
+    feature_dirs = manifest["ehr"]["feature_dirs"]
+    if imputation not in feature_dirs:
+        raise RaybenchError(f"imputation {imputation!r} was not prepared in {dataset}; "
+                            f"available: {', '.join(feature_dirs)}")
+    meta = manifest["tasks"][task]
+    features = pd.read_parquet(dataset / feature_dirs[imputation])
+    names = manifest["ehr"]["features"]
+    stay_of_row = features["stay_id"].to_numpy()
+    ehr = np.ascontiguousarray(features[names].to_numpy(np.float32))
+    del features
+    first = np.r_[True, stay_of_row[1:] != stay_of_row[:-1]]
+    stays, starts = stay_of_row[first], np.flatnonzero(first)
+
+    labels = pd.read_parquet(dataset / meta["file"])
+    label_cols = [c for c in labels.columns if c.startswith("label_")]
+    pos = np.searchsorted(stays, labels["stay_id"].to_numpy())
+    if (pos >= len(stays)).any() or (stays[np.minimum(pos, len(stays) - 1)]
+                                     != labels["stay_id"].to_numpy()).any():
+        raise RaybenchError(f"{dataset}: labels of {task} refer to stays without EHR rows")
+    images, image_row = _load_images(dataset, labels["cxr_index"].to_numpy())
+    if meta["kind"] == "multiclass":
+        y = labels["label_0"].to_numpy(np.int64)
+    else:
+        y = labels[label_cols].to_numpy(np.float32)
+    cohort = pd.read_parquet(dataset / "cohort" / "stays.parquet",
+                             columns=["stay_id", *GROUP_COLUMNS]).set_index("stay_id")
+    groups = cohort.reindex(labels["stay_id"])
+    return PreparedTask(
+        task=task, kind=meta["kind"], label_names=list(meta["labels"]), feature_names=names,
+        ehr=ehr, images=images, ehr_start=starts[pos].astype(np.int64),
+        n_steps=labels["n_steps"].to_numpy(np.int32), image_row=image_row,
+        y=y, split=labels["split"].map(SPLIT_CODES).to_numpy(np.int8),
+        stay_id=labels["stay_id"].to_numpy(np.int64),
+        groups={c: groups[c].astype(str).to_numpy() for c in GROUP_COLUMNS},
+        remaining_hours=(labels["remaining_hours"].to_numpy(np.float32)
+                         if "remaining_hours" in labels else None),
+    )
+
+
+def _load_images(dataset: Path, cxr_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    table = pd.read_parquet(dataset / "cxr" / "images.parquet")
+    if table.empty:
+        return np.zeros((0, 1, 1), np.uint8), np.full(len(cxr_index), -1, np.int32)
+    size = int(table["height"].iloc[0])
+    images = np.frombuffer(b"".join(table["image"].tolist()), np.uint8).reshape(-1, size, size)
+    lookup = np.full(int(max(table["cxr_index"].max(), cxr_index.max(initial=0))) + 1, -1,
+                     np.int32)
+    lookup[table["cxr_index"].to_numpy()] = np.arange(len(table), dtype=np.int32)
+    rows = np.where(cxr_index >= 0, lookup[np.maximum(cxr_index, 0)], -1).astype(np.int32)
+    return images, rows
+
+
+def drop_images(data: PreparedTask, ratio: float, splits: tuple[str, ...], seed: int
+                ) -> np.ndarray:
+    """Image rows with the images of ``ratio`` of the stays in ``splits`` removed.
+
+    Whole stays lose their image (all their hourly samples), chosen with a seeded RNG, as a
+    robustness condition. CareBench drops only in train/val; pass the splits to match it.
+    """
+    rows = data.image_row.copy()
+    if ratio <= 0:
+        return rows
+    rng = np.random.default_rng(seed)
+    for split in splits:
+        idx = data.indices(split)
+        stays = np.unique(data.stay_id[idx][rows[idx] >= 0])
+        dropped = rng.choice(stays, size=int(round(ratio * len(stays))), replace=False)
+        rows[idx[np.isin(data.stay_id[idx], dropped)]] = -1
+    return rows
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Batching and augmentation settings (anchors: affine 45 deg, 0.85-1.15, 0.15; flip)."""
+
+    batch_size: int = 16
+    max_len: int = 512
+    crop: int | None = None  # default: 7/8 of the stored size (256 -> 224, like the anchors)
+    augment: bool = True
+    hflip: bool = True
+    degrees: float = 45.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    translate: float = 0.15
+
+
+def _augment(images: torch.Tensor, cfg: LoaderConfig, gen: torch.Generator) -> torch.Tensor:
+    b = images.shape[0]
+    angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(cfg.degrees)
+    scale = cfg.scale[0] + torch.rand(b, generator=gen) * (cfg.scale[1] - cfg.scale[0])
+    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * cfg.translate * 2
+    flip = torch.where(torch.rand(b, generator=gen) < (0.5 if cfg.hflip else 0.0), -1.0, 1.0)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
+
+
+def make_batch(data: PreparedTask, idx: np.ndarray, cfg: LoaderConfig, *, train: bool,
+               image_row: np.ndarray | None = None, gen: torch.Generator | None = None,
+               device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Gather samples ``idx`` into the model batch (see docs/models.md for the keys)."""
+    steps = np.minimum(data.n_steps[idx], cfg.max_len).astype(np.int64)
+    start = data.ehr_start[idx] + data.n_steps[idx] - steps  # keep the most recent steps
+    t = int(steps.max())
+    offsets = np.arange(t)[None, :]
+    valid = offsets < steps[:, None]
+    rows = np.where(valid, start[:, None] + offsets, 0)
+    ehr = torch.from_numpy(data.ehr[rows] * valid[..., None])
+    rows_img = (data.image_row if image_row is None else image_row)[idx]
+    present = rows_img >= 0
+    size = data.image_size
+    crop = cfg.crop or max(8, size * 7 // 8)
+    if data.images.size:
+        pixels = torch.from_numpy(data.images[np.maximum(rows_img, 0)]).to(device)
+        pixels = pixels.unsqueeze(1).float().div_(255.0)
+        if train and cfg.augment:
+            pixels = _augment(pixels, cfg, gen or torch.Generator().manual_seed(0))
+        top = (size - crop) // 2
+        pixels = pixels[:, :, top:top + crop, top:top + crop]
+        pixels = (pixels - IMAGENET_MEAN) / IMAGENET_STD
+        pixels = pixels * torch.from_numpy(present).to(device).view(-1, 1, 1, 1)
+        cxr = pixels.expand(-1, 3, -1, -1).contiguous()
+    else:
+        cxr = torch.zeros(len(idx), 3, crop, crop, device=device)
+    y = torch.from_numpy(data.y[idx])
+    return {"ehr": ehr.to(device), "ehr_lengths": torch.from_numpy(steps).to(device),
+            "cxr": cxr, "cxr_present": torch.from_numpy(present).to(device),
+            "y": y.to(device)}
+
+
+def iterate_batches(data: PreparedTask, indices: np.ndarray, cfg: LoaderConfig, *,
+                    train: bool, seed: int = 0, image_row: np.ndarray | None = None,
+                    device: str | torch.device = "cpu") -> Iterator[tuple[np.ndarray, dict]]:
+    """Yield (sample indices, batch); shuffled with ``seed`` when ``train``."""
+    order = np.random.default_rng(seed).permutation(indices) if train else np.asarray(indices)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(0, len(order), cfg.batch_size):
+        idx = order[i:i + cfg.batch_size]
+        yield idx, make_batch(data, idx, cfg, train=train, image_row=image_row, gen=gen,
+                              device=device)
