@@ -50,7 +50,8 @@ def baseline(events: pd.DataFrame, stays: pd.DataFrame, stats: dict) -> np.ndarr
         if sub is not None:
             wide = sub.assign(name=np.array(NAMES)[sub["var"].to_numpy()],
                               time=ORIGIN + pd.to_timedelta(sub["hours"], unit="h"))
-            wide = wide.sort_values("hours", kind="stable").pivot_table(index="time", columns="name",
+            wide = wide.sort_values("hours", kind="stable")
+            wide = wide.pivot_table(index="time", columns="name",
                                                          values="value", aggfunc="last")
             wide = wide.resample(f"{STEP}h", origin=ORIGIN).last()
             wide.index = ((wide.index - ORIGIN) / pd.Timedelta(hours=STEP)).astype(int)

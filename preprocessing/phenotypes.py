@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 import numpy as np
@@ -21,7 +21,7 @@ class Phenotype:
     icd10: tuple[str, ...]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_phenotypes(path: str | None = None) -> tuple[Phenotype, ...]:
     """Read phenotype definitions (the shipped file unless ``path`` is given)."""
     if path is None:

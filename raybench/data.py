@@ -165,16 +165,26 @@ class LoaderConfig:
     translate: float = 0.15
 
 
-def _augment(images: torch.Tensor, cfg: LoaderConfig, gen: torch.Generator) -> torch.Tensor:
-    b = images.shape[0]
+def _augment_crop(images: torch.Tensor, crop: int, cfg: LoaderConfig,
+                  gen: torch.Generator) -> torch.Tensor:
+    """Random affine (+ flip) of each image, sampled directly on the centre crop.
+
+    The sampling grid is built from 1-D coordinates by broadcasting, which on CPU is several
+    times faster than ``affine_grid``'s batched matrix product.
+    """
+    b, _, size, _ = images.shape
     angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(cfg.degrees)
     scale = cfg.scale[0] + torch.rand(b, generator=gen) * (cfg.scale[1] - cfg.scale[0])
     shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * cfg.translate * 2
     flip = torch.where(torch.rand(b, generator=gen) < (0.5 if cfg.hflip else 0.0), -1.0, 1.0)
+    # Output pixel centres of the crop, in the input's normalised [-1, 1] coordinates.
+    coords = (torch.arange(crop, dtype=torch.float32) * 2 + 1 - crop) / size
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
-                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    x, y = coords.view(1, 1, crop), coords.view(1, crop, 1)
+    view = (b, 1, 1)
+    grid_x = (cos * flip).view(view) * x - sin.view(view) * y + shift[:, 0].view(view)
+    grid_y = (sin * flip).view(view) * x + cos.view(view) * y + shift[:, 1].view(view)
+    grid = torch.stack([grid_x, grid_y], dim=-1).to(images.device)
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
@@ -195,13 +205,17 @@ def make_batch(data: PreparedTask, idx: np.ndarray, cfg: LoaderConfig, *, train:
     crop = cfg.crop or max(8, size * 7 // 8)
     if data.images.size:
         pixels = torch.from_numpy(data.images[np.maximum(rows_img, 0)]).to(device)
-        pixels = pixels.unsqueeze(1).float().div_(255.0)
+        pixels = pixels.unsqueeze(1)
         if train and cfg.augment:
-            pixels = _augment(pixels, cfg, gen or torch.Generator().manual_seed(0))
-        top = (size - crop) // 2
-        pixels = pixels[:, :, top:top + crop, top:top + crop]
-        pixels = (pixels - IMAGENET_MEAN) / IMAGENET_STD
-        pixels = pixels * torch.from_numpy(present).to(device).view(-1, 1, 1, 1)
+            pixels = _augment_crop(pixels.float(), crop, cfg,
+                                   gen or torch.Generator().manual_seed(0))
+        else:
+            top = (size - crop) // 2
+            pixels = pixels[:, :, top:top + crop, top:top + crop].float()
+        # x / 255, ImageNet-normalised, zero where the image is missing: one multiply-add.
+        keep = torch.from_numpy(present).to(device=device, dtype=torch.float32).view(-1, 1, 1, 1)
+        pixels = pixels.mul_(keep / (255.0 * IMAGENET_STD)).sub_(keep * (IMAGENET_MEAN
+                                                                         / IMAGENET_STD))
         cxr = pixels.expand(-1, 3, -1, -1).contiguous()
     else:
         cxr = torch.zeros(len(idx), 3, crop, crop, device=device)

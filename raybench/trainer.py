@@ -38,6 +38,7 @@ class TrainConfig:
     max_train_batches: int | None = None  # per epoch (hourly tasks have many samples)
     max_val_samples: int | None = None  # fixed random subset of validation for selection
     threshold: float = 0.5
+    cohort: str = "base"  # base: all samples; matched: samples with a CXR (before dropping)
     cxr_missing_ratio: float = 0.0
     cxr_missing_splits: tuple[str, ...] = ("train", "val", "test")
     loader: LoaderConfig = field(default_factory=LoaderConfig)
@@ -90,12 +91,20 @@ class _Run:
             TaskSpec(data.task, data.kind, data.n_outputs), **hparams).to(self.device)
         self.image_row = drop_images(data, cfg.cxr_missing_ratio, cfg.cxr_missing_splits,
                                      cfg.seed)
-        self.train_idx = data.indices("train")
-        val = data.indices("val")
+        def split(name: str) -> np.ndarray:
+            idx = data.indices(name)
+            if cfg.cohort == "matched":
+                return idx[data.image_row[idx] >= 0]
+            if cfg.cohort != "base":
+                raise ValueError(f"cohort must be 'base' or 'matched', got {cfg.cohort!r}")
+            return idx
+
+        self.train_idx = split("train")
+        val = split("val")
         if cfg.max_val_samples and len(val) > cfg.max_val_samples:
             val = np.sort(np.random.default_rng(cfg.seed).choice(val, cfg.max_val_samples,
                                                                  replace=False))
-        self.val_idx, self.test_idx = val, data.indices("test")
+        self.val_idx, self.test_idx = val, split("test")
         self.bucket_means = None
         if data.remaining_hours is not None:
             self.bucket_means = bucket_means_from_train(

@@ -25,5 +25,20 @@ def prepared_small(synth_small, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("prepared_small")
     run_preprocess(synth_small / "mimic-iv", synth_small / "mimic-cxr-jpg", out,
-                   config=PreprocessConfig(cxr_image_size=32), show=False)
+                   config=PreprocessConfig(cxr_image_size=64), show=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_medium(tmp_path_factory) -> Path:
+    """800 patients, 64 px CXRs, MedMod imputation: enough samples for learning tests."""
+    from preprocessing.config import PreprocessConfig
+    from preprocessing.pipeline import run_preprocess
+
+    raw = tmp_path_factory.mktemp("synth_medium")
+    generate(SynthConfig(out=raw, patients=800, seed=11, image_size=96))
+    out = tmp_path_factory.mktemp("prepared_medium")
+    run_preprocess(raw / "mimic-iv", raw / "mimic-cxr-jpg", out,
+                   config=PreprocessConfig(cxr_image_size=64, imputations=("medmod",)),
+                   show=False)
     return out

@@ -67,7 +67,7 @@ def test_only_ap_images_taken_no_later_than_prediction(prepared_small, synth_sma
 def test_images_and_ehr_are_model_ready(prepared_small):
     images = pd.read_parquet(prepared_small / "cxr" / "images.parquet")
     pixels = np.frombuffer(images["image"].iloc[0], dtype=np.uint8)
-    assert pixels.size == 32 * 32 and images["cxr_index"].is_monotonic_increasing
+    assert pixels.size == 64 * 64 and images["cxr_index"].is_monotonic_increasing
     features = pd.read_parquet(prepared_small / "ehr" / "features_medmod")
     lengths = pd.read_parquet(prepared_small / "ehr" / "stay_lengths.parquet")
     assert len(features) == lengths["n_steps"].sum()
@@ -89,12 +89,12 @@ def test_normalisation_statistics_come_from_train_stays(prepared_small):
 def test_rerun_skips_stages_and_fresh_run_is_identical(prepared_small, synth_small, tmp_path):
     before = _digests(prepared_small)
     again = run_preprocess(synth_small / "mimic-iv", synth_small / "mimic-cxr-jpg",
-                           prepared_small, config=PreprocessConfig(cxr_image_size=32), show=False)
+                           prepared_small, config=PreprocessConfig(cxr_image_size=64), show=False)
     assert set(again["cached_stages"]) == {"cohort", "samples", "cxr", "ehr", "labels"}
     assert _digests(prepared_small) == before
     fresh = tmp_path / "fresh"
     run_preprocess(synth_small / "mimic-iv", synth_small / "mimic-cxr-jpg", fresh,
-                   config=PreprocessConfig(cxr_image_size=32), show=False)
+                   config=PreprocessConfig(cxr_image_size=64), show=False)
     assert _digests(fresh) == before
 
 
@@ -105,7 +105,7 @@ def test_half_written_stage_is_rebuilt(prepared_small, synth_small, tmp_path):
     (out / "labels" / "mortality.parquet").write_bytes(b"garbage")
     (out / "ehr.tmp").mkdir()  # a leftover temporary directory
     result = run_preprocess(synth_small / "mimic-iv", synth_small / "mimic-cxr-jpg", out,
-                            config=PreprocessConfig(cxr_image_size=32), show=False)
+                            config=PreprocessConfig(cxr_image_size=64), show=False)
     assert "labels" not in result["cached_stages"] and "ehr" in result["cached_stages"]
     assert _digests(out)["labels/mortality.parquet"] == \
         _digests(prepared_small)["labels/mortality.parquet"]

@@ -266,7 +266,8 @@ def make_cohort(rng: np.random.Generator, n_patients: int) -> Cohort:
         "marital_status": np.array(["MARRIED", "SINGLE", "WIDOWED", "DIVORCED", None],
                                    dtype=object)[rng.integers(0, 5, n_a)],
         "race": race[pat_of_adm],
-        "edregtime": pd.DatetimeIndex(np.where(emergency, edreg.floor("min"), np.datetime64("NaT"))),
+        "edregtime": pd.DatetimeIndex(
+            np.where(emergency, edreg.floor("min"), np.datetime64("NaT"))),
         "edouttime": pd.DatetimeIndex(np.where(emergency, admittime, np.datetime64("NaT"))),
         "hospital_expire_flag": hospital_death.astype(np.int64),
     })

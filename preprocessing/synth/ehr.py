@@ -222,7 +222,8 @@ def lab_rows(rng: np.random.Generator, stays: pd.DataFrame) -> pd.DataFrame:
     parts = []
     idx, t = _schedule(rng, los_h, np.full(n, 12.0), np.ones(n, dtype=bool))
     s = _state(stays, idx, t, los_h)
-    glucose = (118 + 10 * s + 70 * stays["dm"].to_numpy()[idx] + 100 * stays["dm_comp"].to_numpy()[idx]
+    glucose = (118 + 10 * s + 70 * stays["dm"].to_numpy()[idx]
+               + 100 * stays["dm_comp"].to_numpy()[idx]
                + rng.normal(0, 20, len(idx)))
     parts.append((idx, t, 50931, np.round(np.clip(glucose, 40, 900)), "mg/dL", 70.0, 100.0))
     idx, t = _schedule(rng, los_h, np.full(n, 6.0), vent)
@@ -258,7 +259,8 @@ def lab_rows(rng: np.random.Generator, stays: pd.DataFrame) -> pd.DataFrame:
     labs.insert(0, "labevent_id", np.arange(1, m + 1, dtype=np.int64))
     labs.insert(3, "specimen_id", rng.integers(1, 99_999_999, m))
     labs.insert(5, "order_provider_id", None)
-    labs.insert(7, "storetime", labs["charttime"] + pd.to_timedelta(rng.integers(20, 120, m), unit="min"))
+    delay = pd.to_timedelta(rng.integers(20, 120, m), unit="min")
+    labs.insert(7, "storetime", labs["charttime"] + delay)
     labs.insert(8, "value", labs["valuenum"].map("{:g}".format))
     labs["flag"] = flag
     labs["priority"] = np.where(rng.random(m) < 0.6, "STAT", "ROUTINE")

@@ -73,7 +73,8 @@ def _d_items() -> pd.DataFrame:
         for itemid in var.chart_itemids:
             rows.append({
                 "itemid": itemid, "label": f"{var.name.replace('_', ' ').title()} ({itemid})",
-                "abbreviation": var.name, "linksto": "chartevents", "category": "Routine Vital Signs",
+                "abbreviation": var.name, "linksto": "chartevents",
+                "category": "Routine Vital Signs",
                 "unitname": var.unit or None, "param_type": "Numeric" if var.kind == "continuous"
                 else "Text", "lownormalvalue": None, "highnormalvalue": None,
             })

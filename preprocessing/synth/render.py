@@ -126,7 +126,8 @@ def render(findings: dict[str, bool], view: str, seed: int, width: int) -> np.nd
             cx = rng.choice([0.28, 0.72])
             apex = _soft(_ellipse(xx, yy, cx, 0.24, 0.1, 0.1), 0.05) * lungs
             img -= apex * (markings + 18)
-            img += 40 * lungs * np.clip(1 - np.abs(_ellipse(xx, yy, cx, 0.24, 0.1, 0.1) - 1) / 0.04, 0, 1)
+            edge = np.abs(_ellipse(xx, yy, cx, 0.24, 0.1, 0.1) - 1)
+            img += 40 * lungs * np.clip(1 - edge / 0.04, 0, 1)  # the visible pleural line
         if findings.get("Support Devices"):
             img += 120 * _line(xx, yy, 0.5, 0.0, 0.5, 0.31, 0.007)
             img += 110 * _line(xx, yy, 0.47, 0.0, 0.46, 0.92, 0.005)

@@ -1,0 +1,84 @@
+"""Prepared-data loading and batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from raybench.data import LoaderConfig, drop_images, load_prepared, make_batch
+from raybench.errors import RaybenchError
+
+
+@pytest.fixture(scope="module")
+def decompensation(prepared_small):
+    return load_prepared(prepared_small, "decompensation")
+
+
+def test_hourly_samples_are_prefixes_of_their_stay(decompensation, prepared_small):
+    data = decompensation
+    features = pd.read_parquet(prepared_small / "ehr" / "features_medmod")
+    stay = data.stay_id[0]
+    rows = features[features.stay_id == stay].drop(columns=["stay_id", "step"]).to_numpy()
+    same_stay = np.flatnonzero(data.stay_id == stay)[:3]
+    batch = make_batch(data, same_stay, LoaderConfig(max_len=1000), train=False)
+    for i, sample in enumerate(same_stay):
+        k = int(data.n_steps[sample])
+        assert batch["ehr_lengths"][i] == k
+        assert np.allclose(batch["ehr"][i, :k].numpy(), rows[:k])
+        assert (batch["ehr"][i, k:] == 0).all()  # right padding
+    assert np.shares_memory(data.ehr, data.ehr[data.ehr_start[0]:])  # one copy of the series
+
+
+def test_max_len_keeps_the_most_recent_steps(decompensation):
+    data = decompensation
+    sample = int(np.argmax(data.n_steps))
+    full = make_batch(data, np.array([sample]), LoaderConfig(max_len=10_000), train=False)
+    short = make_batch(data, np.array([sample]), LoaderConfig(max_len=5), train=False)
+    assert torch.equal(short["ehr"][0], full["ehr"][0, -5:])
+
+
+def test_batch_follows_the_model_contract(decompensation):
+    data = decompensation
+    idx = np.arange(8)
+    batch = make_batch(data, idx, LoaderConfig(), train=True,
+                       gen=torch.Generator().manual_seed(0))
+    crop = data.image_size * 7 // 8
+    assert batch["cxr"].shape == (8, 3, crop, crop) and batch["cxr"].dtype == torch.float32
+    assert batch["cxr_present"].tolist() == (data.image_row[idx] >= 0).tolist()
+    assert (batch["cxr"][~batch["cxr_present"]] == 0).all()
+    assert batch["y"].shape == (8, 1)
+
+
+def test_augmentation_is_seeded_and_off_for_evaluation(decompensation):
+    data = decompensation
+    idx = np.flatnonzero(data.image_row >= 0)[:4]
+    cfg = LoaderConfig()
+
+    def batch(train, seed):
+        return make_batch(data, idx, cfg, train=train, gen=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(batch(True, 1)["cxr"], batch(True, 1)["cxr"])
+    assert not torch.equal(batch(True, 1)["cxr"], batch(True, 2)["cxr"])
+    assert torch.equal(batch(False, 1)["cxr"], batch(False, 2)["cxr"])
+
+
+def test_drop_images_removes_whole_stays_in_chosen_splits_only(decompensation):
+    data = decompensation
+    rows = drop_images(data, 0.5, ("train",), seed=3)
+    train, test = data.indices("train"), data.indices("test")
+    assert (rows[test] == data.image_row[test]).all()
+    had = np.unique(data.stay_id[train][data.image_row[train] >= 0])
+    kept = np.unique(data.stay_id[train][rows[train] >= 0])
+    assert len(kept) == len(had) - round(0.5 * len(had))
+    for stay in kept:  # a kept stay keeps its image at every hour
+        assert (rows[data.stay_id == stay] == data.image_row[data.stay_id == stay]).all()
+    assert (drop_images(data, 0.5, ("train",), seed=3) == rows).all()
+
+
+def test_unknown_imputation_and_missing_dataset_are_clear(prepared_small, tmp_path):
+    with pytest.raises(RaybenchError, match="available: medmod, carebench"):
+        load_prepared(prepared_small, "mortality", imputation="mean")
+    with pytest.raises(RaybenchError, match="raybench preprocess"):
+        load_prepared(tmp_path, "mortality")
