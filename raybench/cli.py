@@ -58,6 +58,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from raybench.study.runner import run_study
+
+    study_dir = run_study(args.file, args.set or [], report=not args.no_report)
+    print(f"study directory: {study_dir}")
+    if not args.no_report:
+        print(f"report: {study_dir / 'report' / 'report.md'}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from raybench.study.config import expand_experiments, load_study
+
+    study = load_study(args.file, args.set or [])
+    experiments = expand_experiments(study)
+    print(f"{args.file}: valid; {len(experiments)} experiments "
+          f"({len(study.tasks)} tasks x {len(study.cohorts)} cohorts x "
+          f"{len(study.methods)} methods x {len(study.robustness.cxr_missing_ratios)} "
+          f"missing ratios), {len(study.seeds)} seeds per configuration, search "
+          f"{study.search.type}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from raybench.report import build_report
+
+    print(f"report: {build_report(args.study_dir, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all sub-commands."""
     parser = _Parser(prog="raybench", description=__doc__.splitlines()[0])
@@ -87,6 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", type=Path, default=None,
                        help="write metrics.json and predictions.parquet here")
     train.set_defaults(func=_cmd_train)
+
+    study = sub.add_parser("study", help="run (or resume) a study: search, seeds, report")
+    study.add_argument("file", type=Path, help="study YAML (see studies/ and docs/studies.md)")
+    study.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a study field, e.g. search.n_calls=4 (repeatable)")
+    study.add_argument("--no-report", action="store_true", help="skip the final report")
+    study.set_defaults(func=_cmd_study)
+
+    validate = sub.add_parser("validate", help="check a study YAML without running it")
+    validate.add_argument("file", type=Path, help="study YAML")
+    validate.add_argument("--set", action="append", metavar="KEY=VALUE",
+                          help="override a study field (repeatable)")
+    validate.set_defaults(func=_cmd_validate)
+
+    report = sub.add_parser("report", help="write the markdown report of a study directory")
+    report.add_argument("study_dir", type=Path, help="a study directory")
+    report.add_argument("--out", type=Path, default=None, help="report directory "
+                        "(default: STUDY_DIR/report)")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -39,7 +39,7 @@ class PreparedTask:
     kind: str
     label_names: list[str]
     feature_names: list[str]
-    ehr: np.ndarray  # float32 [rows, F], all stays, ordered by (stay_id, step)
+    ehr: np.ndarray  # float32 [rows + 1, F], all stays by (stay_id, step), then a zero row
     images: np.ndarray  # uint8 [M, S, S]
     ehr_start: np.ndarray  # int64 [N]
     n_steps: np.ndarray  # int32 [N]
@@ -73,33 +73,65 @@ def _read_manifest(dataset: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_prepared(dataset: Path, task: str, imputation: str = "medmod") -> PreparedTask:
-    """Load ``task`` of the prepared dataset at ``dataset`` (EHR features of ``imputation``)."""
+@dataclass
+class SharedArrays:
+    """Arrays every task of a dataset shares: EHR features and decoded images."""
+
+    manifest: dict
+    feature_names: list[str]
+    ehr: np.ndarray
+    stays: np.ndarray  # sorted stay ids of the EHR rows
+    starts: np.ndarray  # first row of each stay
+    images: np.ndarray
+    image_lookup: np.ndarray  # cxr_index -> row of ``images`` (-1 = not written)
+
+
+def load_shared(dataset: Path, imputation: str = "medmod") -> SharedArrays:
+    """Read the EHR features (of ``imputation``) and the images of a prepared dataset once."""
     dataset = Path(dataset)
     manifest = _read_manifest(dataset)
-    get_task(task)
-    if task not in manifest["tasks"]:
-        raise RaybenchError(f"task {task!r} is not in {dataset}/manifest.json")
     feature_dirs = manifest["ehr"]["feature_dirs"]
     if imputation not in feature_dirs:
         raise RaybenchError(f"imputation {imputation!r} was not prepared in {dataset}; "
                             f"available: {', '.join(feature_dirs)}")
-    meta = manifest["tasks"][task]
     features = pd.read_parquet(dataset / feature_dirs[imputation])
     names = manifest["ehr"]["features"]
     stay_of_row = features["stay_id"].to_numpy()
-    ehr = np.ascontiguousarray(features[names].to_numpy(np.float32))
+    # One extra all-zero row at the end: batches point padding steps at it.
+    ehr = np.zeros((len(features) + 1, len(names)), dtype=np.float32)
+    ehr[:-1] = features[names].to_numpy(np.float32)
     del features
     first = np.r_[True, stay_of_row[1:] != stay_of_row[:-1]]
-    stays, starts = stay_of_row[first], np.flatnonzero(first)
+    images, lookup = _load_images(dataset)
+    return SharedArrays(manifest, names, ehr, stay_of_row[first], np.flatnonzero(first),
+                        images, lookup)
 
+
+def load_prepared(dataset: Path, task: str, imputation: str = "medmod",
+                  shared: SharedArrays | None = None) -> PreparedTask:
+    """Load ``task`` of the prepared dataset (EHR features of ``imputation``).
+
+    Pass ``shared`` (from :func:`load_shared`) to load several tasks over one copy of the
+    EHR matrix and the images.
+    """
+    dataset = Path(dataset)
+    get_task(task)
+    shared = shared or load_shared(dataset, imputation)
+    manifest = shared.manifest
+    if task not in manifest["tasks"]:
+        raise RaybenchError(f"task {task!r} is not in {dataset}/manifest.json")
+    meta = manifest["tasks"][task]
     labels = pd.read_parquet(dataset / meta["file"])
     label_cols = [c for c in labels.columns if c.startswith("label_")]
+    stays = shared.stays
     pos = np.searchsorted(stays, labels["stay_id"].to_numpy())
     if (pos >= len(stays)).any() or (stays[np.minimum(pos, len(stays) - 1)]
                                      != labels["stay_id"].to_numpy()).any():
         raise RaybenchError(f"{dataset}: labels of {task} refer to stays without EHR rows")
-    images, image_row = _load_images(dataset, labels["cxr_index"].to_numpy())
+    cxr_index = labels["cxr_index"].to_numpy()
+    lookup = shared.image_lookup
+    inside = (cxr_index >= 0) & (cxr_index < len(lookup))
+    image_row = np.where(inside, lookup[np.clip(cxr_index, 0, max(len(lookup) - 1, 0))], -1)
     if meta["kind"] == "multiclass":
         y = labels["label_0"].to_numpy(np.int64)
     else:
@@ -108,9 +140,10 @@ def load_prepared(dataset: Path, task: str, imputation: str = "medmod") -> Prepa
                              columns=["stay_id", *GROUP_COLUMNS]).set_index("stay_id")
     groups = cohort.reindex(labels["stay_id"])
     return PreparedTask(
-        task=task, kind=meta["kind"], label_names=list(meta["labels"]), feature_names=names,
-        ehr=ehr, images=images, ehr_start=starts[pos].astype(np.int64),
-        n_steps=labels["n_steps"].to_numpy(np.int32), image_row=image_row,
+        task=task, kind=meta["kind"], label_names=list(meta["labels"]),
+        feature_names=shared.feature_names, ehr=shared.ehr, images=shared.images,
+        ehr_start=shared.starts[pos].astype(np.int64),
+        n_steps=labels["n_steps"].to_numpy(np.int32), image_row=image_row.astype(np.int32),
         y=y, split=labels["split"].map(SPLIT_CODES).to_numpy(np.int8),
         stay_id=labels["stay_id"].to_numpy(np.int64),
         groups={c: groups[c].astype(str).to_numpy() for c in GROUP_COLUMNS},
@@ -119,17 +152,16 @@ def load_prepared(dataset: Path, task: str, imputation: str = "medmod") -> Prepa
     )
 
 
-def _load_images(dataset: Path, cxr_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _load_images(dataset: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images as uint8 [M, S, S] and the cxr_index -> row lookup."""
     table = pd.read_parquet(dataset / "cxr" / "images.parquet")
     if table.empty:
-        return np.zeros((0, 1, 1), np.uint8), np.full(len(cxr_index), -1, np.int32)
+        return np.zeros((0, 1, 1), np.uint8), np.zeros(0, np.int32)
     size = int(table["height"].iloc[0])
     images = np.frombuffer(b"".join(table["image"].tolist()), np.uint8).reshape(-1, size, size)
-    lookup = np.full(int(max(table["cxr_index"].max(), cxr_index.max(initial=0))) + 1, -1,
-                     np.int32)
+    lookup = np.full(int(table["cxr_index"].max()) + 1, -1, np.int32)
     lookup[table["cxr_index"].to_numpy()] = np.arange(len(table), dtype=np.int32)
-    rows = np.where(cxr_index >= 0, lookup[np.maximum(cxr_index, 0)], -1).astype(np.int32)
-    return images, rows
+    return images, lookup
 
 
 def drop_images(data: PreparedTask, ratio: float, splits: tuple[str, ...], seed: int
@@ -180,11 +212,11 @@ def _augment_crop(images: torch.Tensor, crop: int, cfg: LoaderConfig,
     # Output pixel centres of the crop, in the input's normalised [-1, 1] coordinates.
     coords = (torch.arange(crop, dtype=torch.float32) * 2 + 1 - crop) / size
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    x, y = coords.view(1, 1, crop), coords.view(1, crop, 1)
-    view = (b, 1, 1)
-    grid_x = (cos * flip).view(view) * x - sin.view(view) * y + shift[:, 0].view(view)
-    grid_y = (sin * flip).view(view) * x + cos.view(view) * y + shift[:, 1].view(view)
-    grid = torch.stack([grid_x, grid_y], dim=-1).to(images.device)
+    # grid[b, i, j] = shift[b] + x_j * (cos*flip, sin*flip)[b] + y_i * (-sin, cos)[b]
+    x_col = torch.stack([cos * flip, sin * flip], 1).view(b, 1, 1, 2)
+    y_col = torch.stack([-sin, cos], 1).view(b, 1, 1, 2)
+    grid = torch.addcmul(shift.view(b, 1, 1, 2), coords.view(1, 1, crop, 1), x_col)
+    grid = torch.addcmul(grid, coords.view(1, crop, 1, 1), y_col).to(images.device)
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
@@ -197,8 +229,8 @@ def make_batch(data: PreparedTask, idx: np.ndarray, cfg: LoaderConfig, *, train:
     t = int(steps.max())
     offsets = np.arange(t)[None, :]
     valid = offsets < steps[:, None]
-    rows = np.where(valid, start[:, None] + offsets, 0)
-    ehr = torch.from_numpy(data.ehr[rows] * valid[..., None])
+    rows = np.where(valid, start[:, None] + offsets, len(data.ehr) - 1)  # last row: zeros
+    ehr = torch.from_numpy(data.ehr[rows])
     rows_img = (data.image_row if image_row is None else image_row)[idx]
     present = rows_img >= 0
     size = data.image_size
@@ -216,7 +248,7 @@ def make_batch(data: PreparedTask, idx: np.ndarray, cfg: LoaderConfig, *, train:
         keep = torch.from_numpy(present).to(device=device, dtype=torch.float32).view(-1, 1, 1, 1)
         pixels = pixels.mul_(keep / (255.0 * IMAGENET_STD)).sub_(keep * (IMAGENET_MEAN
                                                                          / IMAGENET_STD))
-        cxr = pixels.expand(-1, 3, -1, -1).contiguous()
+        cxr = pixels.expand(-1, 3, -1, -1)  # grey -> 3 channels as a view, no copy
     else:
         cxr = torch.zeros(len(idx), 3, crop, crop, device=device)
     y = torch.from_numpy(data.y[idx])

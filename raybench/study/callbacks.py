@@ -1,0 +1,165 @@
+"""Tune callbacks of a study: ``trials.parquet`` written as trials finish, and a live view.
+
+Both are picklable (Tune stores them with the experiment and brings them back on resume):
+they hold plain data only and rebuild files and displays in ``setup``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+from ray.tune import Callback
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from raybench.study.trial import CONTROL_KEYS
+
+
+class TrialsWriter(Callback):
+    """Keeps ``<study>/trials.parquet`` current: one row per finished or failed trial."""
+
+    def __init__(self, study_dir: Path, experiments: dict[str, dict]) -> None:
+        self.path = Path(study_dir) / "trials.parquet"
+        self.experiments = experiments
+        self.rows: dict[str, dict] = {}
+
+    def setup(self, **info) -> None:
+        """Start from the rows already written (a resumed study keeps them)."""
+        if self.path.is_file():
+            frame = pd.read_parquet(self.path)
+            self.rows = {r["trial_id"]: r for r in frame.to_dict("records")}
+
+    def _row(self, trial, status: str, error: str | None) -> dict:
+        config = trial.config
+        info = self.experiments[config["experiment_id"]]
+        result = trial.last_result or {}
+        row = {
+            "trial_id": trial.trial_id, "experiment_id": config["experiment_id"],
+            "task": info["task"], "kind": info["kind"],
+            "label_names": json.dumps(info["label_names"]), "cohort": info["cohort"],
+            "method": info["method"], "modalities": info["modalities"],
+            "missing_ratio": float(info["missing_ratio"]),
+            "config_id": int(config["config_id"]), "seed": int(config["seed"]),
+            "params": json.dumps({k: v for k, v in sorted(config.items())
+                                  if k not in CONTROL_KEYS}, default=str),
+            "status": status, "error": error,
+            "selection_metric": result.get("selection_metric", info["selection_metric"]),
+            "runtime_s": result.get("runtime_s", math.nan),
+            "cpu": info["resources"]["cpu"], "gpu": info["resources"].get("gpu", 0.0),
+            "n_parameters": result.get("n_parameters"),
+            "inference_s_per_batch": result.get("inference_s_per_batch", math.nan),
+            "predictions_file": result.get("predictions_file"),
+        }
+        for key, value in result.items():
+            if key.startswith(("val_", "test_")) and isinstance(value, (int, float)):
+                row[key] = float(value)
+        return row
+
+    def _write(self) -> None:
+        frame = pd.DataFrame(list(self.rows.values()))
+        frame = frame.sort_values(["experiment_id", "config_id", "seed", "trial_id"])
+        tmp = self.path.with_suffix(".parquet.tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(self.path)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        """Record a finished trial."""
+        self.rows[trial.trial_id] = self._row(trial, "ok", None)
+        self._write()
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        """Record a trial that failed after its retries."""
+        message = None
+        if trial.error_file and Path(trial.error_file).is_file():
+            lines = Path(trial.error_file).read_text().strip().splitlines()
+            message = lines[-1][:500] if lines else None
+        self.rows[trial.trial_id] = self._row(trial, "failed", message or "error")
+        self._write()
+
+
+class StudyProgress(Callback):
+    """One rich live view: experiments and trials done, running, failed, best, ETA."""
+
+    def __init__(self, planned: dict[str, int], selection: dict[str, str], show: bool = True):
+        self.planned, self.selection, self.show = planned, selection, show
+        self.done: dict[str, int] = {}
+        self.failed = 0
+        self.running: set[str] = set()
+        self.best: dict[str, float] = {}
+        self.started = time.time()
+        self.finished_this_run = 0
+        self._live = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_live"] = None
+        return state
+
+    def setup(self, **info) -> None:
+        """Start the live display (also after a resume)."""
+        self.started, self.finished_this_run, self.running = time.time(), 0, set()
+        if self.show:
+            self._live = Live(self._render(), console=Console(stderr=True),
+                              refresh_per_second=2, transient=False)
+            self._live.start()
+
+    def _render(self) -> Table:
+        total = sum(self.planned.values())
+        done = sum(self.done.values())
+        finished = sum(1 for e, n in self.planned.items() if self.done.get(e, 0) >= n)
+        elapsed = time.time() - self.started
+        eta = "-"
+        if self.finished_this_run:
+            rate = elapsed / self.finished_this_run
+            eta = f"{rate * max(total - done, 0) / 60:.1f} min"
+        table = Table(title="raybench study", show_header=True)
+        for column in ("experiments done", "trials done", "running", "failed", "elapsed",
+                       "ETA"):
+            table.add_column(column, justify="right")
+        table.add_row(f"{finished}/{len(self.planned)}", f"{done}/{total}",
+                      str(len(self.running)), str(self.failed), f"{elapsed / 60:.1f} min", eta)
+        if self.best:
+            name, value = max(self.best.items(), key=lambda kv: kv[1])
+            table.caption = (f"best validation so far: {name} "
+                             f"{self.selection.get(name, 'selection')} = {abs(value):.4f}")
+        return table
+
+    def _update(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        """A trial started."""
+        self.running.add(trial.trial_id)
+        self._update()
+
+    def _finish(self, trial, failed: bool) -> None:
+        experiment = trial.config["experiment_id"]
+        self.running.discard(trial.trial_id)
+        self.done[experiment] = self.done.get(experiment, 0) + 1
+        self.finished_this_run += 1
+        self.failed += int(failed)
+        value = (trial.last_result or {}).get("selection")
+        if not failed and value is not None and value > -1e9:
+            self.best[experiment] = max(self.best.get(experiment, -math.inf), value)
+        self._update()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        """A trial finished."""
+        self._finish(trial, failed=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        """A trial failed for good."""
+        self._finish(trial, failed=True)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        """Stop the live display."""
+        if self._live is not None:
+            self._update()
+            self._live.stop()
+            self._live = None

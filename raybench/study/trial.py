@@ -1,0 +1,65 @@
+"""The Ray Tune trainable of a study: one (configuration, seed) of one experiment.
+
+Prepared data arrive through ``tune.with_parameters`` (put in the object store once and read
+zero-copy by every trial on a node). The trial trains with validation-only selection, writes
+its test predictions to ``<study>/predictions/<trial_id>.parquet`` and reports one result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import time
+
+import pyarrow.fs as pafs
+
+from raybench.data import PreparedTask
+from raybench.metrics import higher_is_better
+from raybench.trainer import TrainConfig, train_and_evaluate
+
+CONTROL_KEYS = ("experiment_id", "seed", "config_id")
+
+
+def write_bytes(uri: str, relpath: str, data: bytes) -> None:
+    """Write ``data`` to ``uri/relpath`` (a local path or any pyarrow filesystem URI)."""
+    fs, root = pafs.FileSystem.from_uri(uri)
+    path = f"{root.rstrip('/')}/{relpath}"
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp = path + ".tmp"
+    with fs.open_output_stream(tmp) as stream:
+        stream.write(data)
+    fs.move(tmp, path)
+
+
+def run_trial(config: dict, datasets: dict[str, PreparedTask], experiments: dict[str, dict],
+              storage: str) -> None:
+    """Train and evaluate one trial, then report its metrics to Tune."""
+    from ray import tune
+
+    experiment = experiments[config["experiment_id"]]
+    params = {k: v for k, v in config.items() if k not in CONTROL_KEYS}
+    train_config: TrainConfig = dataclasses.replace(experiment["train_config"],
+                                                    seed=int(config["seed"]))
+    started = time.perf_counter()
+    result = train_and_evaluate(datasets[experiment["task"]], experiment["method"],
+                                {**experiment["fixed"], **params}, train_config)
+    trial_id = tune.get_context().get_trial_id()
+    buffer = io.BytesIO()
+    result.predictions.to_parquet(buffer, index=False)
+    relpath = f"predictions/{trial_id}.parquet"
+    write_bytes(storage, relpath, buffer.getvalue())
+    value = result.val_metrics.get(result.selection_metric, math.nan)
+    selection = value if higher_is_better(result.selection_metric) else -value
+    metrics = {f"val_{k}": v for k, v in result.val_metrics.items()}
+    metrics.update({f"test_{k}": v for k, v in result.test_metrics.items()})
+    metrics.update({
+        "selection": selection if math.isfinite(selection) else -1e9,
+        "selection_metric": result.selection_metric,
+        "runtime_s": time.perf_counter() - started,
+        "n_parameters": result.n_parameters,
+        "inference_s_per_batch": result.inference_seconds_per_batch,
+        "best_epoch": result.best_epoch,
+        "predictions_file": relpath,
+    })
+    tune.report(metrics)
