@@ -93,11 +93,14 @@ def _searcher(study, experiment, space: dict, fixed: dict):
 def _init_ray(show: bool) -> None:
     import ray
 
-    if ray.is_initialized():
-        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Save Tune's experiment state often (default: every 10 s or more); trials that finish
+    # inside the window are covered by their result records (see raybench.study.trial).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     for name in ("ray", "ray.tune", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return
     ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
              log_to_driver=False, logging_level="ERROR", configure_logging=True)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 import time
 
@@ -32,11 +33,31 @@ def write_bytes(uri: str, relpath: str, data: bytes) -> None:
     fs.move(tmp, path)
 
 
+def read_bytes(uri: str, relpath: str) -> bytes | None:
+    """Contents of ``uri/relpath``, or None when it does not exist."""
+    fs, root = pafs.FileSystem.from_uri(uri)
+    path = f"{root.rstrip('/')}/{relpath}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
 def run_trial(config: dict, datasets: dict[str, PreparedTask], experiments: dict[str, dict],
               storage: str) -> None:
-    """Train and evaluate one trial, then report its metrics to Tune."""
+    """Train and evaluate one trial, then report its metrics to Tune.
+
+    The result is first recorded in ``<study>/results/<trial_id>.json``. Tune saves its
+    experiment state only every few seconds, so after a driver crash it may start a trial that
+    had in fact finished; such a trial finds its record and reports it without retraining.
+    """
     from ray import tune
 
+    trial_id = tune.get_context().get_trial_id()
+    record = read_bytes(storage, f"results/{trial_id}.json")
+    if record is not None:
+        tune.report(json.loads(record))
+        return
     experiment = experiments[config["experiment_id"]]
     params = {k: v for k, v in config.items() if k not in CONTROL_KEYS}
     train_config: TrainConfig = dataclasses.replace(experiment["train_config"],
@@ -44,7 +65,6 @@ def run_trial(config: dict, datasets: dict[str, PreparedTask], experiments: dict
     started = time.perf_counter()
     result = train_and_evaluate(datasets[experiment["task"]], experiment["method"],
                                 {**experiment["fixed"], **params}, train_config)
-    trial_id = tune.get_context().get_trial_id()
     buffer = io.BytesIO()
     result.predictions.to_parquet(buffer, index=False)
     relpath = f"predictions/{trial_id}.parquet"
@@ -62,4 +82,5 @@ def run_trial(config: dict, datasets: dict[str, PreparedTask], experiments: dict
         "best_epoch": result.best_epoch,
         "predictions_file": relpath,
     })
+    write_bytes(storage, f"results/{trial_id}.json", json.dumps(metrics).encode())
     tune.report(metrics)
