@@ -60,7 +60,6 @@ def _check_same_study(study_dir: Path, resolved: dict) -> None:
 
 def prepare_data(study, study_dir: Path, show: bool) -> Path:
     """The prepared dataset of a study (generated and preprocessed when synthetic)."""
-    from preprocessing.config import PreprocessConfig
     from preprocessing.pipeline import run_preprocess
     from preprocessing.synth.generator import SynthConfig, generate
 
@@ -71,7 +70,7 @@ def prepare_data(study, study_dir: Path, show: bool) -> Path:
     if not (raw / "synthetic_manifest.json").is_file():
         generate(SynthConfig(out=raw, patients=synthetic.patients, seed=synthetic.seed,
                              image_size=synthetic.image_size))
-    config = PreprocessConfig(**synthetic.preprocess)
+    config = synthetic.preprocess
     run_preprocess(raw / "mimic-iv", raw / "mimic-cxr-jpg", prepared, config=config,
                    show=show)
     return prepared
