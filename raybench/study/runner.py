@@ -96,8 +96,10 @@ def _init_ray(show: bool) -> None:
     # Save Tune's experiment state often (default: every 10 s or more); trials that finish
     # inside the window are covered by their result records (see raybench.study.trial).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    for name in ("ray", "ray.tune", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # Failures are shown by the live view and recorded (with their error) in trials.parquet;
+    # Tune's own tracebacks stay in the trial directories.
+    for name in ("ray", "ray.tune", "ray.data", "ray.train"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return
     ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
@@ -164,7 +166,7 @@ def run_study(path: Path, overrides: list[str] = (), show: bool = True,
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=StudySearcher(searchers), num_samples=-1,
+                search_alg=StudySearcher(searchers), num_samples=-1, reuse_actors=True,
                 max_concurrent_trials=study.resources.max_concurrent_trials,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
             run_config=tune.RunConfig(
