@@ -17,11 +17,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from raybench.study.trial import CONTROL_KEYS
+from raybench.study.trial import CONTROL_KEYS, trial_key
 
 
 class TrialsWriter(Callback):
-    """Keeps ``<study>/trials.parquet`` current: one row per finished or failed trial."""
+    """Keeps ``<study>/trials.parquet`` current: one row per finished or failed trial.
+
+    Rows are keyed by :func:`~raybench.study.trial.trial_key` (experiment, configuration,
+    seed, parameters), so a configuration run again after a resume replaces its row.
+    """
 
     def __init__(self, study_dir: Path, experiments: dict[str, dict]) -> None:
         self.path = Path(study_dir) / "trials.parquet"
@@ -32,14 +36,15 @@ class TrialsWriter(Callback):
         """Start from the rows already written (a resumed study keeps them)."""
         if self.path.is_file():
             frame = pd.read_parquet(self.path)
-            self.rows = {r["trial_id"]: r for r in frame.to_dict("records")}
+            self.rows = {r["trial_key"]: r for r in frame.to_dict("records")}
 
     def _row(self, trial, status: str, error: str | None) -> dict:
         config = trial.config
         info = self.experiments[config["experiment_id"]]
         result = trial.last_result or {}
         row = {
-            "trial_id": trial.trial_id, "experiment_id": config["experiment_id"],
+            "trial_id": trial.trial_id, "trial_key": trial_key(config),
+            "experiment_id": config["experiment_id"],
             "task": info["task"], "kind": info["kind"],
             "label_names": json.dumps(info["label_names"]), "cohort": info["cohort"],
             "method": info["method"], "modalities": info["modalities"],
@@ -69,7 +74,8 @@ class TrialsWriter(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         """Record a finished trial."""
-        self.rows[trial.trial_id] = self._row(trial, "ok", None)
+        row = self._row(trial, "ok", None)
+        self.rows[row["trial_key"]] = row
         self._write()
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -78,7 +84,8 @@ class TrialsWriter(Callback):
         if trial.error_file and Path(trial.error_file).is_file():
             lines = Path(trial.error_file).read_text().strip().splitlines()
             message = lines[-1][:500] if lines else None
-        self.rows[trial.trial_id] = self._row(trial, "failed", message or "error")
+        row = self._row(trial, "failed", message or "error")
+        self.rows[row["trial_key"]] = row
         self._write()
 
 

@@ -8,6 +8,7 @@ its test predictions to ``<study>/predictions/<trial_id>.parquet`` and reports o
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -33,6 +34,14 @@ def write_bytes(uri: str, relpath: str, data: bytes) -> None:
     fs.move(tmp, path)
 
 
+def trial_key(config: dict) -> str:
+    """Stable name of a trial's outputs: experiment, configuration, seed, parameter hash."""
+    params = {k: v for k, v in sorted(config.items()) if k not in CONTROL_KEYS}
+    digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+    return (f"{config['experiment_id']}/c{int(config['config_id']):03d}"
+            f"-s{int(config['seed'])}-{digest[:10]}")
+
+
 def read_bytes(uri: str, relpath: str) -> bytes | None:
     """Contents of ``uri/relpath``, or None when it does not exist."""
     fs, root = pafs.FileSystem.from_uri(uri)
@@ -47,14 +56,16 @@ def run_trial(config: dict, datasets: dict[str, PreparedTask], experiments: dict
               storage: str) -> None:
     """Train and evaluate one trial, then report its metrics to Tune.
 
-    The result is first recorded in ``<study>/results/<trial_id>.json``. Tune saves its
-    experiment state only every few seconds, so after a driver crash it may start a trial that
-    had in fact finished; such a trial finds its record and reports it without retraining.
+    The result is first recorded in ``<study>/results/<key>.json`` (see :func:`trial_key`).
+    Tune saves its experiment state only every few seconds, so after a driver crash it may
+    start again a trial that had in fact finished, or the restored searcher may suggest the
+    same configuration again under a new trial id; either finds the record and reports it
+    without retraining.
     """
     from ray import tune
 
-    trial_id = tune.get_context().get_trial_id()
-    record = read_bytes(storage, f"results/{trial_id}.json")
+    key = trial_key(config)
+    record = read_bytes(storage, f"results/{key}.json")
     if record is not None:
         tune.report(json.loads(record))
         return
@@ -67,7 +78,7 @@ def run_trial(config: dict, datasets: dict[str, PreparedTask], experiments: dict
                                 {**experiment["fixed"], **params}, train_config)
     buffer = io.BytesIO()
     result.predictions.to_parquet(buffer, index=False)
-    relpath = f"predictions/{trial_id}.parquet"
+    relpath = f"predictions/{key}.parquet"
     write_bytes(storage, relpath, buffer.getvalue())
     value = result.val_metrics.get(result.selection_metric, math.nan)
     selection = value if higher_is_better(result.selection_metric) else -value
@@ -82,5 +93,5 @@ def run_trial(config: dict, datasets: dict[str, PreparedTask], experiments: dict
         "best_epoch": result.best_epoch,
         "predictions_file": relpath,
     })
-    write_bytes(storage, f"results/{trial_id}.json", json.dumps(metrics).encode())
+    write_bytes(storage, f"results/{key}.json", json.dumps(metrics).encode())
     tune.report(metrics)
