@@ -81,13 +81,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from raybench.report import build_report
-
-    print(f"report: {build_report(args.study_dir, args.out)}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with all sub-commands."""
     parser = _Parser(prog="raybench", description=__doc__.splitlines()[0])
@@ -131,11 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="override a study field (repeatable)")
     validate.set_defaults(func=_cmd_validate)
 
-    report = sub.add_parser("report", help="write the markdown report of a study directory")
-    report.add_argument("study_dir", type=Path, help="a study directory")
-    report.add_argument("--out", type=Path, default=None, help="report directory "
-                        "(default: STUDY_DIR/report)")
-    report.set_defaults(func=_cmd_report)
+    from raybench.report.cli import add_report_parser
+
+    add_report_parser(sub)
     return parser
 
 
