@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEMO_DIR ?= demo_output
 
 .PHONY: setup demo test lint clean
 
@@ -16,8 +15,7 @@ $(BIN)/raybench: pyproject.toml
 setup: $(BIN)/raybench
 
 demo: setup
-	$(BIN)/raybench synth --out $(DEMO_DIR)/raw --patients 300 --seed 0 --image-size 256
-	$(BIN)/raybench preprocess --mimic-iv $(DEMO_DIR)/raw/mimic-iv --mimic-cxr $(DEMO_DIR)/raw/mimic-cxr-jpg --out $(DEMO_DIR)/prepared
+	$(BIN)/raybench study studies/demo.yaml
 
 test: setup
 	$(BIN)/ruff check .
@@ -27,4 +25,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(DEMO_DIR)
+	rm -rf demo_output
