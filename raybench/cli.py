@@ -76,7 +76,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"{args.file}: valid; {len(experiments)} experiments "
           f"({len(study.tasks)} tasks x {len(study.cohorts)} cohorts x "
           f"{len(study.methods)} methods x {len(study.robustness.cxr_missing_ratios)} "
-          f"missing ratios), {len(study.seeds)} seeds per configuration, search "
+          f"missing ratios, less the per-method restrictions), {len(study.seeds)} seeds per "
+          f"configuration, search "
           f"{study.search.type}")
     return 0
 

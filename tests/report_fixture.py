@@ -20,6 +20,7 @@ configuration 0 the only selectable one of that experiment.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,13 @@ import yaml
 from sklearn.metrics import average_precision_score
 
 from raybench.metrics import SELECTION_METRIC, compute_metrics
+
+#: Section headers every report has, and patterns no report may contain.
+SECTIONS = ("## 1. Main results", "## 2. Per-condition AUPRC", "## 3. Robustness",
+            "## 4. Fairness", "## 5. Calibration and cost", "### Calibration (ECE)",
+            "### Cost per experiment", "## 6. Selected hyperparameters", "## 7. Failed trials")
+IDENTIFIER_NAMES = re.compile(r"\b(stay_id|subject_id|hadm_id|dicom_id|study_id)\b")
+MIMIC_LIKE_ID = re.compile(r"(?<![\d.,])\d{8,}(?![\d,])")
 
 TASKS = {
     "mortality": ("binary", ["in_hospital_mortality"], [0.2]),

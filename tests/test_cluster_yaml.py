@@ -83,3 +83,10 @@ def test_setup_installs_raybench_with_the_local_ray_version(cluster):
     commands = " ".join(cluster["setup_commands"])
     assert "pip install -e /home/ubuntu/raybench" in commands
     assert f"=={ray.__version__}" in commands
+
+
+def test_every_node_mounts_the_shared_study_storage(cluster):
+    """Trials on workers write to the study directory: it must be the same filesystem everywhere."""
+    mount = cluster["setup_commands"][0]  # setup_commands run on the head and on every worker
+    assert "mount -t nfs4" in mount and "/mnt/efs" in mount
+    assert "/mnt/efs" in CLUSTER.read_text().split("cluster_name")[0]  # the header says so

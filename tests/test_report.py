@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from fairlearn.metrics import MetricFrame, false_positive_rate, true_positive_rate
-from report_fixture import SEEDS, experiment_id, make_multiclass_study_dir, make_study_dir
+from report_fixture import (
+    IDENTIFIER_NAMES,
+    MIMIC_LIKE_ID,
+    SECTIONS,
+    SEEDS,
+    experiment_id,
+    make_multiclass_study_dir,
+    make_study_dir,
+)
 from scipy import stats
 from sklearn.metrics import average_precision_score
 
@@ -31,11 +38,6 @@ from raybench.report.stats import bootstrap_ci, paired_permutation_test, selecti
 
 N_RESAMPLES = 10  # report builds in tests: small counts and resolution, same code paths
 DPI = 72
-SECTIONS = ("## 1. Main results", "## 2. Per-condition AUPRC", "## 3. Robustness",
-            "## 4. Fairness", "## 5. Calibration and cost", "### Calibration (ECE)",
-            "### Cost per experiment", "## 6. Selected hyperparameters", "## 7. Failed trials")
-IDENTIFIER_NAMES = re.compile(r"\b(stay_id|subject_id|hadm_id|dicom_id|study_id)\b")
-MIMIC_LIKE_ID = re.compile(r"(?<![\d.,])\d{8,}(?![\d,])")
 
 
 @pytest.fixture(scope="module")

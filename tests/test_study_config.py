@@ -87,8 +87,9 @@ def test_study_file_contents():
     demo = load_study(STUDIES / "demo.yaml")
     assert demo.data.synthetic is not None and demo.search.type == "gp"
     assert demo.seeds == (0, 1, 2) and demo.fairness.enabled
-    # 2 tasks x (ehr_lstm 2 cohorts x 1 ratio + cxr_resnet matched x 1 + 3 fusions 2 x 2)
-    assert len(expand_experiments(demo)) == 2 * (2 + 1 + 3 * 4)
+    # 2 tasks x (ehr_lstm 2 cohorts x 1 ratio + cxr_resnet matched x 1 + late_fusion 2 x 1
+    #            + joint_fusion and medfuse 2 cohorts x 2 ratios)
+    assert len(expand_experiments(demo)) == 2 * (2 + 1 + 2 + 2 * 4)
     robust = load_study(STUDIES / "robustness.yaml")
     assert robust.robustness.cxr_missing_ratios == (0.0, 0.2, 0.4, 0.6, 0.8)
     assert set(robust.methods) >= {"ehr_lstm", "ehr_transformer", "cxr_resnet", "joint_fusion",

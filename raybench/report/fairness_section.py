@@ -108,8 +108,12 @@ def fairness_section(ctx: ReportContext) -> list[str]:
         methods = list(ctx.experiments(task, cohort)["method"])
         groups, gaps, missing = _collect(ctx, task, cohort, attributes, min_size)
         lines += [f"### {task} — {cohort} cohort", ""]
-        if gaps.empty:
+        if groups.empty:
             lines += ["No test predictions available.", ""]
+            continue
+        if gaps.empty:
+            lines += ["No subgroup analysis: every group of every attribute has fewer than "
+                      f"{min_size} test samples. {_suppressed_text(groups, min_size)}", ""]
             continue
         metrics = list(FAIRNESS_METRICS[ctx.kind(task)])
         shown_methods = [m for m in methods if m in set(gaps["method"])]

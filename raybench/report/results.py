@@ -125,6 +125,10 @@ def _main_table(ctx: ReportContext, task: str, cohort: str) -> list[str]:
         f"two-sided paired permutation test, {o.n_permutations:,} permutations swapping the "
         f"two methods' predictions within each sample (seed {o.seed}).*"
     )
+    if not n_test:
+        caption = (f"*No method has an eligible configuration here: every configuration had a "
+                   f"failed seed or an undefined validation {label} (e.g. a validation split "
+                   f"without both classes).* " + caption)
     ratio = ctx.baseline_ratio(task, cohort)
     return [f"### {task} — {cohort} cohort (CXR missing ratio {ratio:g}; mean ± SD over "
             f"{seeds_text})", "",

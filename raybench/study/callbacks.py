@@ -89,6 +89,9 @@ class TrialsWriter(Callback):
         self._write()
 
 
+PLAIN_LINE_EVERY_S = 30.0
+
+
 class StudyProgress(Callback):
     """One rich live view: experiments and trials done, running, failed, best, ETA."""
 
@@ -101,17 +104,22 @@ class StudyProgress(Callback):
         self.started = time.time()
         self.finished_this_run = 0
         self._live = None
+        self._console = None
+        self._last_line = 0.0
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_live"] = None
+        state["_live"] = state["_console"] = None
         return state
 
     def setup(self, **info) -> None:
         """Start the live display (also after a resume)."""
         self.started, self.finished_this_run, self.running = time.time(), 0, set()
-        if self.show:
-            self._live = Live(self._render(), console=Console(stderr=True),
+        if not self.show:
+            return
+        self._console = Console(stderr=True)
+        if self._console.is_terminal:
+            self._live = Live(self._render(), console=self._console,
                               refresh_per_second=2, transient=False)
             self._live.start()
 
@@ -139,6 +147,16 @@ class StudyProgress(Callback):
     def _update(self) -> None:
         if self._live is not None:
             self._live.update(self._render())
+        elif self._console is not None and time.time() - self._last_line >= PLAIN_LINE_EVERY_S:
+            # Not a terminal (a log file, CI): a plain progress line now and then instead.
+            self._last_line = time.time()
+            self._console.print(self._plain_line(), soft_wrap=True)
+
+    def _plain_line(self) -> str:
+        table = self._render()
+        cells = [f"{column.header} {next(iter(column.cells))}" for column in table.columns]
+        caption = f"; {table.caption}" if table.caption else ""
+        return "study progress: " + ", ".join(cells) + caption
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         """A trial started."""
@@ -170,3 +188,6 @@ class StudyProgress(Callback):
             self._update()
             self._live.stop()
             self._live = None
+        elif self._console is not None:
+            self._last_line = 0.0
+            self._update()
