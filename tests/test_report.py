@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from fairlearn.metrics import MetricFrame, false_positive_rate, true_positive_rate
 from report_fixture import (
     IDENTIFIER_NAMES,
@@ -302,3 +303,17 @@ def test_multiclass_study_with_failed_experiment_and_missing_predictions(tmp_pat
     assert "No predictions for: daft, medfuse." in text  # one medfuse seed has no file
     assert "12 run: 8 ok, 4 failed" in text and "0/2 | no configuration with all seeds ok" in text
     assert "subject <number> broke" in text and not MIMIC_LIKE_ID.search(text)
+
+
+def test_every_group_suppressed_is_said_not_shown(tmp_path):
+    study = make_study_dir(tmp_path / "tiny-groups")
+    config = yaml.safe_load((study / "resolved_study.yaml").read_text())
+    config["fairness"]["min_group_size"] = 10_000
+    (study / "resolved_study.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
+    text = build_report(study, n_bootstrap=N_RESAMPLES, n_permutations=N_RESAMPLES,
+                        dpi=DPI).read_text()
+    fairness = text.split("## 4. Fairness")[1].split("## 5.")[0]
+    assert fairness.count("No subgroup analysis: every group of every attribute has fewer "
+                          "than 10000 test samples.") == 4
+    assert "(n=" not in fairness and "fairness_" not in fairness
+    assert not list(study.joinpath("report").glob("fairness_*"))

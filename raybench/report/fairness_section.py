@@ -111,7 +111,7 @@ def fairness_section(ctx: ReportContext) -> list[str]:
         if groups.empty:
             lines += ["No test predictions available.", ""]
             continue
-        if gaps.empty:
+        if gaps.empty or groups["suppressed"].all():
             lines += ["No subgroup analysis: every group of every attribute has fewer than "
                       f"{min_size} test samples. {_suppressed_text(groups, min_size)}", ""]
             continue
