@@ -61,10 +61,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from raybench.study.runner import run_study
 
-    study_dir = run_study(args.file, args.set or [], report=not args.no_report)
-    print(f"study directory: {study_dir}")
+    storage = run_study(args.file, args.set or [], report=not args.no_report)
+    print(f"study directory: {storage.describe()}")
     if not args.no_report:
-        print(f"report: {study_dir / 'report' / 'report.md'}")
+        print(f"report: {storage.local / 'report' / 'report.md'}")
     return 0
 
 

@@ -37,6 +37,29 @@ SECTIONS = ("## 1. Main results", "## 2. Per-condition AUPRC", "## 3. Robustness
 IDENTIFIER_NAMES = re.compile(r"\b(stay_id|subject_id|hadm_id|dicom_id|study_id)\b")
 MIMIC_LIKE_ID = re.compile(r"(?<![\d.,])\d{8,}(?![\d,])")
 
+
+def assert_sections_and_figures(report: Path, tasks=("mortality", "phenotyping"),
+                                cohorts=("base", "matched")) -> str:
+    """Every section header, and per task and cohort a heading plus the robustness, fairness
+    and convergence PNGs with their CSVs, linked from ``report``; returns the report text.
+    The fairness figure may be absent only where the report says every group was suppressed."""
+    text = report.read_text()
+    for header in SECTIONS:
+        assert header in text, header
+    for task in tasks:
+        for cohort in cohorts:
+            assert f"### {task} — {cohort} cohort" in text
+            fairness = text.split("## 4. Fairness")[1].split("## 5.")[0]
+            fairness = fairness.split(f"### {task} — {cohort} cohort")[1].split("\n### ")[0]
+            for prefix in ("robustness", "fairness", "convergence"):
+                if prefix == "fairness" and fairness.lstrip().startswith("No subgroup analysis"):
+                    continue  # every group too small: said, and no figure (tiny test splits)
+                png = report.parent / f"{prefix}_{task}_{cohort}.png"
+                assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png.name
+                assert png.with_suffix(".csv").stat().st_size > 0
+                assert f"]({png.name})" in text and f"]({png.with_suffix('.csv').name})" in text
+    return text
+
 TASKS = {
     "mortality": ("binary", ["in_hospital_mortality"], [0.2]),
     "phenotyping": (

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from report_fixture import IDENTIFIER_NAMES, MIMIC_LIKE_ID, SECTIONS
+from report_fixture import IDENTIFIER_NAMES, MIMIC_LIKE_ID, assert_sections_and_figures
 
 DEMO = Path(__file__).resolve().parents[1] / "studies" / "demo.yaml"
 SHRINK = ("search.n_calls=2", "search.n_initial_points=1",
@@ -29,16 +29,7 @@ def _run_demo(storage: Path, *overrides: str) -> Path:
 
 
 def _check_report(report: Path, n_seeds: int) -> None:
-    text = report.read_text()
-    for header in SECTIONS:
-        assert header in text, header
-    for task in ("mortality", "phenotyping"):
-        for cohort in ("base", "matched"):
-            assert f"### {task} — {cohort} cohort" in text
-            for prefix in ("robustness", "fairness", "convergence"):
-                png = report.parent / f"{prefix}_{task}_{cohort}.png"
-                assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png.name
-                assert f"]({png.name})" in text and f"]({png.with_suffix('.csv').name})" in text
+    text = assert_sections_and_figures(report)
     for method in ("ehr_lstm", "cxr_resnet", "joint_fusion", "late_fusion", "medfuse"):
         assert f"| {method} |" in text
     assert f"mean ± SD over {n_seeds} seeds" in text and "(p = " in text

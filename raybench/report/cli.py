@@ -18,10 +18,16 @@ __all__ = ["add_report_parser", "main", "run_report"]
 def run_report(args: argparse.Namespace) -> int:
     """Build the report described by parsed ``args``; print where it went; return 0."""
     from raybench.report.build import build_report
+    from raybench.study.storage import StudyStorage
 
-    path = build_report(args.study_dir, args.out, n_bootstrap=args.bootstrap,
+    storage = StudyStorage.from_setting(args.study_dir)
+    storage.pull()  # a remote study: download what the report reads into its local copy
+    path = build_report(storage.local, args.out, n_bootstrap=args.bootstrap,
                         n_permutations=args.permutations, seed=args.seed, dpi=args.dpi)
-    print(f"wrote {path}")
+    if args.out is None:
+        storage.push("report")
+    print(f"wrote {path}" + (f" (and {storage.join('report')})"
+                             if storage.remote and args.out is None else ""))
     return 0
 
 
@@ -29,7 +35,8 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``report`` to an argparse sub-parsers object; sets ``func`` to :func:`run_report`."""
     parser = subparsers.add_parser(
         "report", help="markdown report (tables, figures, CSVs) of a finished study directory")
-    parser.add_argument("study_dir", type=Path, help="study directory (with trials.parquet)")
+    parser.add_argument("study_dir", help="study directory (with trials.parquet): a path or a "
+                        "URI such as s3://bucket/studies/name")
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default: STUDY_DIR/report)")
     parser.add_argument("--bootstrap", type=int, default=1000,

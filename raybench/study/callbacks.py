@@ -6,6 +6,7 @@ they hold plain data only and rebuild files and displays in ``setup``.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -17,7 +18,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from raybench.study.storage import StudyStorage
 from raybench.study.trial import CONTROL_KEYS, trial_key
+
+TRIALS_FILE = "trials.parquet"
 
 
 class TrialsWriter(Callback):
@@ -27,15 +31,16 @@ class TrialsWriter(Callback):
     seed, parameters), so a configuration run again after a resume replaces its row.
     """
 
-    def __init__(self, study_dir: Path, experiments: dict[str, dict]) -> None:
-        self.path = Path(study_dir) / "trials.parquet"
+    def __init__(self, storage: StudyStorage, experiments: dict[str, dict]) -> None:
+        self.storage = storage
         self.experiments = experiments
         self.rows: dict[str, dict] = {}
 
     def setup(self, **info) -> None:
         """Start from the rows already written (a resumed study keeps them)."""
-        if self.path.is_file():
-            frame = pd.read_parquet(self.path)
+        data = self.storage.read_bytes(TRIALS_FILE)
+        if data is not None:
+            frame = pd.read_parquet(io.BytesIO(data))
             self.rows = {r["trial_key"]: r for r in frame.to_dict("records")}
 
     def _row(self, trial, status: str, error: str | None) -> dict:
@@ -68,9 +73,9 @@ class TrialsWriter(Callback):
     def _write(self) -> None:
         frame = pd.DataFrame(list(self.rows.values()))
         frame = frame.sort_values(["experiment_id", "config_id", "seed", "trial_id"])
-        tmp = self.path.with_suffix(".parquet.tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(self.path)
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False)
+        self.storage.write_bytes(TRIALS_FILE, buffer.getvalue())
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         """Record a finished trial."""

@@ -8,6 +8,8 @@
    every trial on a node reads them zero-copy.
 4. One Tune ``Tuner`` runs every experiment concurrently through :class:`StudySearcher`
    (each experiment's GP / random / fixed searcher, each configuration once per seed).
+   The study directory is a local (or shared) path or a remote URI such as ``s3://``
+   (see :mod:`raybench.study.storage`).
 5. If ``<study>/tune`` holds an interrupted run, it is restored instead: finished trials are
    kept, unfinished ones re-run, the searchers continue from their saved state.
 6. Write ``trials.parquet`` as trials finish, then the report.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,16 +28,18 @@ import yaml
 from raybench.errors import RaybenchError
 from raybench.study.callbacks import StudyProgress, TrialsWriter
 from raybench.study.multiplex import FixedSearcher, StudySearcher
+from raybench.study.storage import StudyStorage
 from raybench.study.trial import run_trial
 
 
-def _write_provenance(study_dir: Path, source: Path, resolved: dict) -> None:
-    study_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, study_dir / "study.yaml")
-    (study_dir / "resolved_study.yaml").write_text(yaml.safe_dump(resolved, sort_keys=True))
+def _write_provenance(storage: StudyStorage, source: Path, resolved: dict) -> None:
+    storage.local.mkdir(parents=True, exist_ok=True)
+    storage.write_bytes("study.yaml", Path(source).read_bytes())
+    storage.write_bytes("resolved_study.yaml",
+                        yaml.safe_dump(resolved, sort_keys=True).encode())
     freeze = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True,
                             text=True, timeout=120).stdout
-    (study_dir / "env.txt").write_text(f"python {sys.version}\n{freeze}")
+    storage.write_bytes("env.txt", f"python {sys.version}\n{freeze}".encode())
     repo = Path(__file__).resolve().parents[2]
     git = []
     for args in (["rev-parse", "HEAD"], ["status", "--short"], ["diff"]):
@@ -46,15 +49,17 @@ def _write_provenance(study_dir: Path, source: Path, resolved: dict) -> None:
             git.append(f"$ git {' '.join(args)}\n{out.stdout}")
         except (OSError, subprocess.SubprocessError):
             git.append(f"$ git {' '.join(args)}\n(unavailable)")
-    (study_dir / "git.txt").write_text("\n".join(git))
+    storage.write_bytes("git.txt", "\n".join(git).encode())
 
 
-def _check_same_study(study_dir: Path, resolved: dict) -> None:
-    previous = study_dir / "resolved_study.yaml"
-    if (study_dir / "tune").exists() and previous.is_file():
-        if yaml.safe_load(previous.read_text()) != yaml.safe_load(yaml.safe_dump(resolved)):
+def _check_same_study(storage: StudyStorage, resolved: dict) -> None:
+    from ray import tune
+
+    previous = storage.read_bytes("resolved_study.yaml")
+    if previous is not None and tune.Tuner.can_restore(storage.join("tune")):
+        if yaml.safe_load(previous) != yaml.safe_load(yaml.safe_dump(resolved)):
             raise RaybenchError(
-                f"{study_dir} holds a study with a different configuration; resuming it "
+                f"{storage.uri} holds a study with a different configuration; resuming it "
                 "would mix results. Change `name` or `storage`, or delete that directory.")
 
 
@@ -108,8 +113,8 @@ def _init_ray(show: bool) -> None:
 
 
 def run_study(path: Path, overrides: list[str] = (), show: bool = True,
-              report: bool = True) -> Path:
-    """Run (or resume) the study described by ``path``; returns the study directory."""
+              report: bool = True) -> StudyStorage:
+    """Run (or resume) the study described by ``path``; returns where its directory is."""
     from ray import tune
 
     from raybench.data import load_prepared, load_shared
@@ -125,13 +130,10 @@ def run_study(path: Path, overrides: list[str] = (), show: bool = True,
 
     study = load_study(Path(path), list(overrides))
     resolved = resolved_dict(study)
-    study_dir = Path(study.storage).resolve() if "://" not in str(study.storage) else None
-    if study_dir is None:
-        raise RaybenchError(f"storage {study.storage}: remote storage is not supported yet; "
-                            "use a local or shared-filesystem path")
-    _check_same_study(study_dir, resolved)
-    _write_provenance(study_dir, Path(path), resolved)
-    dataset = prepare_data(study, study_dir, show)
+    storage = StudyStorage.from_setting(study.storage)
+    _check_same_study(storage, resolved)
+    _write_provenance(storage, Path(path), resolved)
+    dataset = prepare_data(study, storage.local, show)
     _init_ray(show)
 
     experiments = expand_experiments(study)
@@ -156,11 +158,11 @@ def run_study(path: Path, overrides: list[str] = (), show: bool = True,
         }
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, datasets=datasets, experiments=info,
-                             storage=str(study_dir)),
+                             storage=storage.uri),
         resources)
-    tune_dir = study_dir / "tune"
-    if tune.Tuner.can_restore(str(tune_dir)):
-        tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=False)
+    tune_dir = storage.join("tune")
+    if tune.Tuner.can_restore(tune_dir):
+        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_errored=False)
     else:
         selection = {k: v["selection_metric"] for k, v in info.items()}
         tuner = tune.Tuner(
@@ -170,16 +172,18 @@ def run_study(path: Path, overrides: list[str] = (), show: bool = True,
                 max_concurrent_trials=study.resources.max_concurrent_trials,
                 trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
             run_config=tune.RunConfig(
-                name="tune", storage_path=str(study_dir), verbose=0,
+                name="tune", storage_path=storage.uri, verbose=0,
                 failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
-                callbacks=[TrialsWriter(study_dir, info), StudyProgress(planned, selection,
+                callbacks=[TrialsWriter(storage, info), StudyProgress(planned, selection,
                                                                          show=show)]))
     tuner.fit()
     if report:
         from raybench.report import build_report
 
-        build_report(study_dir)
-    return study_dir
+        storage.pull()
+        build_report(storage.local)
+        storage.push("report")
+    return storage
 
 
 def _selection_metric(task: str) -> str:

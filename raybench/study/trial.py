@@ -14,24 +14,12 @@ import json
 import math
 import time
 
-import pyarrow.fs as pafs
-
 from raybench.data import PreparedTask
 from raybench.metrics import higher_is_better
+from raybench.study.storage import read_bytes, write_bytes
 from raybench.trainer import TrainConfig, train_and_evaluate
 
 CONTROL_KEYS = ("experiment_id", "seed", "config_id")
-
-
-def write_bytes(uri: str, relpath: str, data: bytes) -> None:
-    """Write ``data`` to ``uri/relpath`` (a local path or any pyarrow filesystem URI)."""
-    fs, root = pafs.FileSystem.from_uri(uri)
-    path = f"{root.rstrip('/')}/{relpath}"
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    tmp = path + ".tmp"
-    with fs.open_output_stream(tmp) as stream:
-        stream.write(data)
-    fs.move(tmp, path)
 
 
 def trial_key(config: dict) -> str:
@@ -40,16 +28,6 @@ def trial_key(config: dict) -> str:
     digest = hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
     return (f"{config['experiment_id']}/c{int(config['config_id']):03d}"
             f"-s{int(config['seed'])}-{digest[:10]}")
-
-
-def read_bytes(uri: str, relpath: str) -> bytes | None:
-    """Contents of ``uri/relpath``, or None when it does not exist."""
-    fs, root = pafs.FileSystem.from_uri(uri)
-    path = f"{root.rstrip('/')}/{relpath}"
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as stream:
-        return stream.read()
 
 
 def run_trial(config: dict, datasets: dict[str, PreparedTask], experiments: dict[str, dict],
