@@ -16,8 +16,9 @@ from raybench.models.base import (
     MultimodalModel,
     TaskSpec,
 )
-from raybench.models.cxr_encoders import CXR_HPARAMS, build_cxr_encoder
-from raybench.models.ehr_encoders import EHR_HPARAMS, EHR_SEARCH_SPACE, build_ehr_encoder
+from raybench.models.cxr_encoders import CXR_HPARAMS
+from raybench.models.ehr_encoders import EHR_HPARAMS, EHR_SEARCH_SPACE
+from raybench.models.encoders import build_encoder_pair
 from raybench.models.registry import register_model
 
 __all__ = ["DAFT", "DAFTBlock"]
@@ -87,8 +88,7 @@ class DAFT(MultimodalModel):
         self.layer_after = int(hp["layer_after"])
         if self.layer_after not in (0, 1, 2, 3, 4):
             raise ModelConfigError(f"daft layer_after must be in 0..4, got {self.layer_after}")
-        self.ehr_encoder = build_ehr_encoder(str(hp["ehr_encoder"]), data.ehr_features, hp)
-        self.cxr_encoder = build_cxr_encoder(hp, data.cxr_channels)
+        self.ehr_encoder, self.cxr_encoder = build_encoder_pair(data, hp)
         self.daft = DAFTBlock(
             self.cxr_encoder.position_channels[self.layer_after],
             self.ehr_encoder.out_dim,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from torch import nn
+
 from raybench.models.cxr_encoders import (
     CXR_BACKBONES,
     CXR_HPARAMS,
@@ -23,6 +27,7 @@ from raybench.models.ehr_encoders import (
 )
 
 __all__ = [
+    "build_encoder_pair",
     "CXR_BACKBONES",
     "CXR_HPARAMS",
     "EHR_ENCODERS",
@@ -39,3 +44,9 @@ __all__ = [
     "cached_weights_path",
     "encode_present",
 ]
+
+
+def build_encoder_pair(data, hp: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
+    """The EHR encoder (``hp["ehr_encoder"]``) and the CXR encoder of a fusion model."""
+    return (build_ehr_encoder(str(hp["ehr_encoder"]), data.ehr_features, hp),
+            build_cxr_encoder(hp, data.cxr_channels))

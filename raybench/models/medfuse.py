@@ -16,8 +16,9 @@ from raybench.models.base import (
     MultimodalModel,
     TaskSpec,
 )
-from raybench.models.cxr_encoders import CXR_HPARAMS, build_cxr_encoder, encode_present
-from raybench.models.ehr_encoders import EHR_HPARAMS, EHR_SEARCH_SPACE, build_ehr_encoder
+from raybench.models.cxr_encoders import CXR_HPARAMS, encode_present
+from raybench.models.ehr_encoders import EHR_HPARAMS, EHR_SEARCH_SPACE
+from raybench.models.encoders import build_encoder_pair
 from raybench.models.registry import register_model
 
 __all__ = ["MedFuse"]
@@ -51,8 +52,7 @@ class MedFuse(MultimodalModel):
     def __init__(self, data: DataSpec, task: TaskSpec, **hparams: Any) -> None:
         super().__init__(data, task, **hparams)
         hp = self.hparams
-        self.ehr_encoder = build_ehr_encoder(str(hp["ehr_encoder"]), data.ehr_features, hp)
-        self.cxr_encoder = build_cxr_encoder(hp, data.cxr_channels)
+        self.ehr_encoder, self.cxr_encoder = build_encoder_pair(data, hp)
         dim = self.ehr_encoder.out_dim
         fusion_hidden = int(hp["fusion_hidden"])
         self.dropout = nn.Dropout(float(hp["dropout"]))
