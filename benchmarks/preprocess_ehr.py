@@ -85,7 +85,7 @@ def main() -> None:
 
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              logging_level="ERROR")
     ray.data.DataContext.get_current().enable_progress_bars = False
     parts_dir = workdir / "parts"

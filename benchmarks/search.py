@@ -146,7 +146,7 @@ def main() -> None:
           f"configurations x {len(SEEDS)} seeds ({args.n_initial} random), {args.sleep:g} s per "
           f"seed trial, {args.concurrency} concurrent trials in (a), {os.cpu_count()} CPUs")
     start = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     storage = tempfile.mkdtemp(prefix="raybench-search-bench-")
     rows = []
     try:

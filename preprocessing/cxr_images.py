@@ -157,7 +157,8 @@ def ensure_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False,
                  ignore_reinit_error=True)
 
 

@@ -53,7 +53,8 @@ def _ray(config: PreprocessConfig):
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if not ray.is_initialized():
-        ray.init(num_cpus=config.num_cpus or os.cpu_count(), include_dashboard=False,
+        ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count(),
+                 include_dashboard=False,
                  log_to_driver=False, logging_level="ERROR", configure_logging=True)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False

@@ -32,7 +32,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def ray_session():
     """A 2-CPU local Ray for the whole module."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -274,7 +274,7 @@ def tune_study(tmp_path_factory):
     cloudpickle.register_pickle_by_value(module)  # workers cannot import this test module
     if ray.is_initialized():  # an earlier test (e.g. Ray Data preprocessing) started Ray
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         searcher = GPSearcher(X_SPACE, metric="score", mode="max", n_calls=4, seeds=[0, 1, 2],
                               n_initial_points=3, fixed={"epochs": 1})

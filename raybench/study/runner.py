@@ -107,7 +107,7 @@ def _init_ray(show: bool) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return
-    ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
              log_to_driver=False, logging_level="ERROR", configure_logging=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
