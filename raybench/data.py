@@ -7,14 +7,15 @@ label. Hourly samples of a stay share the stay's rows (a prefix), so series are 
 The arrays can be put once in the Ray object store and read zero-copy by every trial on a
 node. :func:`iterate_batches` gathers batches with vectorised indexing and applies the
 anchors' CXR augmentation (random affine + horizontal flip, then centre crop and ImageNet
-normalisation) to a whole batch at once with ``affine_grid``.
+normalisation) to a whole batch at once with ``affine_grid``. Optional batch keys (see
+``raybench.models.base.OPTIONAL_INPUTS``) are added only when the model declares them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from raybench.errors import RaybenchError
+from raybench.models.base import OPTIONAL_INPUTS
 from raybench.tasks import get_task
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -49,6 +51,10 @@ class PreparedTask:
     stay_id: np.ndarray  # int64 [N]; for joining only, never written to reports
     groups: dict[str, np.ndarray] = field(default_factory=dict)
     remaining_hours: np.ndarray | None = None
+    # float32 [N]: hours from the image's study time to the prediction time, 0 without an
+    # image; None when the dataset was prepared without image times.
+    cxr_hours: np.ndarray | None = None
+    step_hours: float = 1.0  # hours per EHR step (the manifest's ehr.resample_hours)
 
     @property
     def n_outputs(self) -> int:
@@ -84,6 +90,7 @@ class SharedArrays:
     starts: np.ndarray  # first row of each stay
     images: np.ndarray
     image_lookup: np.ndarray  # cxr_index -> row of ``images`` (-1 = not written)
+    image_times: np.ndarray | None = None  # datetime64[ns] by cxr_index; None: not prepared
 
 
 def load_shared(dataset: Path, imputation: str = "medmod") -> SharedArrays:
@@ -104,7 +111,7 @@ def load_shared(dataset: Path, imputation: str = "medmod") -> SharedArrays:
     first = np.r_[True, stay_of_row[1:] != stay_of_row[:-1]]
     images, lookup = _load_images(dataset)
     return SharedArrays(manifest, names, ehr, stay_of_row[first], np.flatnonzero(first),
-                        images, lookup)
+                        images, lookup, _load_image_times(dataset))
 
 
 def load_prepared(dataset: Path, task: str, imputation: str = "medmod",
@@ -149,7 +156,43 @@ def load_prepared(dataset: Path, task: str, imputation: str = "medmod",
         groups={c: groups[c].astype(str).to_numpy() for c in GROUP_COLUMNS},
         remaining_hours=(labels["remaining_hours"].to_numpy(np.float32)
                          if "remaining_hours" in labels else None),
+        cxr_hours=_cxr_hours(labels, image_row, shared.image_times),
+        step_hours=float(manifest["ehr"].get("resample_hours", 1)),
     )
+
+
+def _load_image_times(dataset: Path) -> np.ndarray | None:
+    """Study time of every indexed image (datetime64[ns] by ``cxr_index``), if prepared."""
+    path = dataset / "samples" / "cxr_index.parquet"
+    if not path.is_file():
+        return None
+    index = pd.read_parquet(path)
+    if "time" not in index or "cxr_index" not in index:
+        return None
+    times = np.full(int(index["cxr_index"].max()) + 1 if len(index) else 0,
+                    np.datetime64("NaT"), dtype="datetime64[ns]")
+    times[index["cxr_index"].to_numpy()] = pd.to_datetime(index["time"]).to_numpy(
+        "datetime64[ns]")
+    return times
+
+
+def _cxr_hours(labels: pd.DataFrame, image_row: np.ndarray, times: np.ndarray | None
+               ) -> np.ndarray | None:
+    """Hours from each sample's image to its ``pred_time`` (0 without an image), or None."""
+    present = image_row >= 0
+    if times is None or "pred_time" not in labels:
+        return None
+    if not present.any():
+        return np.zeros(len(labels), np.float32)
+    cxr_index = labels["cxr_index"].to_numpy()
+    if cxr_index[present].max() >= len(times):
+        return None
+    image_time = times[np.where(present, cxr_index, 0)]
+    pred_time = pd.to_datetime(labels["pred_time"]).to_numpy("datetime64[ns]")
+    hours = (pred_time - image_time) / np.timedelta64(1, "h")
+    if np.isnan(hours[present]).any():
+        return None
+    return np.where(present, hours, 0.0).astype(np.float32)
 
 
 def _load_images(dataset: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -220,10 +263,29 @@ def _augment_crop(images: torch.Tensor, crop: int, cfg: LoaderConfig,
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
+def require_inputs(data: PreparedTask, inputs: Collection[str], method: str = "the model"
+                   ) -> None:
+    """Raise RaybenchError unless ``data`` can provide every optional batch key in ``inputs``."""
+    unknown = sorted(set(inputs) - OPTIONAL_INPUTS)
+    if unknown:
+        raise RaybenchError(f"{method} asks for unknown batch input(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(OPTIONAL_INPUTS))}")
+    if "cxr_hours" in inputs and data.cxr_hours is None:
+        raise RaybenchError(
+            f"{method} needs cxr_hours (hours from each image to the prediction time), but "
+            f"the prepared dataset of task {data.task!r} has no image times "
+            "(samples/cxr_index.parquet `time`, labels `pred_time`); re-run `raybench "
+            "preprocess`")
+
+
 def make_batch(data: PreparedTask, idx: np.ndarray, cfg: LoaderConfig, *, train: bool,
                image_row: np.ndarray | None = None, gen: torch.Generator | None = None,
-               device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Gather samples ``idx`` into the model batch (see docs/models.md for the keys)."""
+               device: str | torch.device = "cpu", inputs: Collection[str] = ()
+               ) -> dict[str, torch.Tensor]:
+    """Gather samples ``idx`` into the model batch (see docs/models.md for the keys).
+
+    ``inputs`` names the optional keys to add (a model's ``inputs``), e.g. ``cxr_hours``.
+    """
     steps = np.minimum(data.n_steps[idx], cfg.max_len).astype(np.int64)
     start = data.ehr_start[idx] + data.n_steps[idx] - steps  # keep the most recent steps
     t = int(steps.max())
@@ -252,18 +314,29 @@ def make_batch(data: PreparedTask, idx: np.ndarray, cfg: LoaderConfig, *, train:
     else:
         cxr = torch.zeros(len(idx), 3, crop, crop, device=device)
     y = torch.from_numpy(data.y[idx])
-    return {"ehr": ehr.to(device), "ehr_lengths": torch.from_numpy(steps).to(device),
-            "cxr": cxr, "cxr_present": torch.from_numpy(present).to(device),
-            "y": y.to(device)}
+    batch = {"ehr": ehr.to(device), "ehr_lengths": torch.from_numpy(steps).to(device),
+             "cxr": cxr, "cxr_present": torch.from_numpy(present).to(device),
+             "y": y.to(device)}
+    if inputs:
+        require_inputs(data, inputs)
+        if "cxr_hours" in inputs:
+            hours = np.where(present, data.cxr_hours[idx], 0.0).astype(np.float32)
+            batch["cxr_hours"] = torch.from_numpy(hours).to(device)
+    return batch
 
 
 def iterate_batches(data: PreparedTask, indices: np.ndarray, cfg: LoaderConfig, *,
                     train: bool, seed: int = 0, image_row: np.ndarray | None = None,
-                    device: str | torch.device = "cpu") -> Iterator[tuple[np.ndarray, dict]]:
-    """Yield (sample indices, batch); shuffled with ``seed`` when ``train``."""
+                    device: str | torch.device = "cpu", inputs: Collection[str] = ()
+                    ) -> Iterator[tuple[np.ndarray, dict]]:
+    """Yield (sample indices, batch); shuffled with ``seed`` when ``train``.
+
+    ``inputs``: optional batch keys to add (the model's declared ``inputs``).
+    """
+    require_inputs(data, inputs)
     order = np.random.default_rng(seed).permutation(indices) if train else np.asarray(indices)
     gen = torch.Generator().manual_seed(seed)
     for i in range(0, len(order), cfg.batch_size):
         idx = order[i:i + cfg.batch_size]
         yield idx, make_batch(data, idx, cfg, train=train, image_row=image_row, gen=gen,
-                              device=device)
+                              device=device, inputs=inputs)

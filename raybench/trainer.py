@@ -3,7 +3,10 @@ one final evaluation on test, predictions as probabilities with subgroup columns
 
 Methods with unimodal pretraining (e.g. MedFuse) declare ``pretrain_stages()``; each stage
 is trained with early stopping on validation like the final ``fusion`` stage, with no
-special case here. Deterministic under a seed on CPU; bf16 autocast on CUDA.
+special case here. The model's hooks run in every stage: ``on_epoch_start`` before an epoch's
+first batch, ``after_backward`` between ``loss.backward()`` and ``optimizer.step()``,
+``on_epoch_end`` after the epoch's last step and before its validation. Deterministic under
+a seed on CPU; bf16 autocast on CUDA.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from raybench.data import GROUP_COLUMNS, LoaderConfig, PreparedTask, drop_images, iterate_batches
+from raybench.data import (
+    GROUP_COLUMNS,
+    LoaderConfig,
+    PreparedTask,
+    drop_images,
+    iterate_batches,
+    require_inputs,
+)
 from raybench.metrics import bucket_means_from_train, compute_metrics, higher_is_better
 from raybench.models import DataSpec, TaskSpec, build_model
 from raybench.models.base import task_loss
@@ -86,9 +96,12 @@ class _Run:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         crop = cfg.loader.crop or max(8, data.image_size * 7 // 8)
-        self.model = build_model(
-            method, DataSpec(ehr_features=data.ehr.shape[1], image_size=crop),
-            TaskSpec(data.task, data.kind, data.n_outputs), **hparams).to(self.device)
+        spec = DataSpec(ehr_features=data.ehr.shape[1], image_size=crop,
+                        feature_names=tuple(data.feature_names), step_hours=data.step_hours)
+        self.model = build_model(method, spec, TaskSpec(data.task, data.kind, data.n_outputs),
+                                 **hparams).to(self.device)
+        self.inputs = self.model.inputs
+        require_inputs(data, self.inputs, method)
         self.image_row = drop_images(data, cfg.cxr_missing_ratio, cfg.cxr_missing_splits,
                                      cfg.seed)
         def split(name: str) -> np.ndarray:
@@ -116,12 +129,14 @@ class _Run:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.model(batch)
 
-    def train_epoch(self, optimizer, epoch: int) -> float:
+    def train_epoch(self, optimizer, epoch: int, epochs: int) -> float:
         self.model.train()
         started, losses = time.perf_counter(), []
         batches = iterate_batches(self.data, self.train_idx, self.cfg.loader, train=True,
                                   seed=self.cfg.seed * 10_007 + epoch,
-                                  image_row=self.image_row, device=self.device)
+                                  image_row=self.image_row, device=self.device,
+                                  inputs=self.inputs)
+        self.model.on_epoch_start(epoch, epochs)
         for step, (idx, batch) in enumerate(batches):
             if self.cfg.max_train_batches is not None and step >= self.cfg.max_train_batches:
                 break
@@ -132,9 +147,11 @@ class _Run:
                 loss = loss + aux.float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self.model.after_backward(out, batch)
             optimizer.step()
             losses.append(float(loss.detach()))
             self.samples_seen += len(idx)
+        self.model.on_epoch_end(epoch)
         self.train_seconds += time.perf_counter() - started
         return float(np.mean(losses)) if losses else math.nan
 
@@ -143,7 +160,8 @@ class _Run:
         self.model.eval()
         probs, seconds, batches = [], 0.0, 0
         for _, batch in iterate_batches(self.data, indices, self.cfg.loader, train=False,
-                                        image_row=self.image_row, device=self.device):
+                                        image_row=self.image_row, device=self.device,
+                                        inputs=self.inputs):
             started = time.perf_counter()
             logits = self._forward(batch).logits
             probs.append(_probabilities(logits, self.data.kind))
@@ -174,7 +192,7 @@ class _Run:
                             weight_decay=self.model.hparams["weight_decay"])
         best, best_epoch, best_state, best_metrics, waited = -math.inf, 0, None, {}, 0
         for epoch in range(1, epochs + 1):
-            loss = self.train_epoch(optimizer, epoch)
+            loss = self.train_epoch(optimizer, epoch, epochs)
             metrics, _, _ = self.evaluate(self.val_idx)
             score = self.score(metrics)
             self.history.append({"stage": stage, "epoch": epoch, "train_loss": loss,

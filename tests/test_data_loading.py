@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from raybench.data import LoaderConfig, drop_images, load_prepared, make_batch
+from raybench.data import (
+    LoaderConfig,
+    drop_images,
+    iterate_batches,
+    load_prepared,
+    make_batch,
+    require_inputs,
+)
 from raybench.errors import RaybenchError
 
 
@@ -94,3 +103,75 @@ def test_unknown_imputation_and_missing_dataset_are_clear(prepared_small, tmp_pa
         load_prepared(prepared_small, "mortality", imputation="mean")
     with pytest.raises(RaybenchError, match="raybench preprocess"):
         load_prepared(tmp_path, "mortality")
+
+
+def _expected_cxr_hours(dataset, task: str, image_row: np.ndarray) -> np.ndarray:
+    """pred_time - image study time in hours, from the Parquet files with pandas joins."""
+    labels = pd.read_parquet(dataset / "labels" / f"{task}.parquet")
+    index = pd.read_parquet(dataset / "samples" / "cxr_index.parquet")
+    time = labels[["cxr_index"]].merge(index[["cxr_index", "time"]], how="left")["time"]
+    hours = (labels["pred_time"] - time).dt.total_seconds().to_numpy() / 3600.0
+    return np.where(image_row >= 0, hours, 0.0)
+
+
+def test_cxr_hours_is_pred_time_minus_image_time(prepared_small):
+    for task in ("mortality", "decompensation", "radiology"):
+        data = load_prepared(prepared_small, task)
+        present = data.image_row >= 0
+        assert present.any() and (~present).any() or task == "radiology"
+        assert data.cxr_hours.dtype == np.float32 and (data.cxr_hours >= 0).all()
+        np.testing.assert_allclose(data.cxr_hours,
+                                   _expected_cxr_hours(prepared_small, task, data.image_row),
+                                   rtol=1e-6, atol=1e-3)
+        assert (data.cxr_hours[~present] == 0).all()
+        if task == "radiology":  # the prediction is made at the image's own time
+            assert (data.cxr_hours == 0).all()
+        else:
+            assert (data.cxr_hours[present] > 0).any()
+    assert data.step_hours == 1.0
+
+
+def test_cxr_hours_on_a_hand_made_image_time(prepared_small, tmp_path):
+    dataset = tmp_path / "prepared"
+    shutil.copytree(prepared_small, dataset)
+    labels = pd.read_parquet(dataset / "labels" / "mortality.parquet")
+    sample = int(np.flatnonzero(labels["cxr_index"].to_numpy() >= 0)[0])
+    index = pd.read_parquet(dataset / "samples" / "cxr_index.parquet")
+    chosen = index["cxr_index"] == labels["cxr_index"].iloc[sample]
+    index.loc[chosen, "time"] = labels["pred_time"].iloc[sample] - pd.Timedelta(minutes=150)
+    index.to_parquet(dataset / "samples" / "cxr_index.parquet", index=False)
+    data = load_prepared(dataset, "mortality")
+    assert data.cxr_hours[sample] == pytest.approx(2.5)
+
+
+def test_cxr_hours_only_when_declared_and_zero_where_dropped(decompensation):
+    data = decompensation
+    idx = np.flatnonzero(data.image_row >= 0)[:6]
+    cfg = LoaderConfig(augment=False)
+    assert "cxr_hours" not in make_batch(data, idx, cfg, train=False)
+    rows = data.image_row.copy()
+    rows[idx[:3]] = -1  # as the CXR-missingness corruption does
+    batch = make_batch(data, idx, cfg, train=False, image_row=rows, inputs={"cxr_hours"})
+    hours = batch["cxr_hours"]
+    assert hours.dtype == torch.float32 and hours.shape == (6,)
+    assert (hours[:3] == 0).all()
+    assert torch.equal(hours[3:], torch.from_numpy(data.cxr_hours[idx[3:]]))
+    batches = list(iterate_batches(data, idx, cfg, train=True, inputs=frozenset({"cxr_hours"})))
+    assert all("cxr_hours" in b for _, b in batches)
+    with pytest.raises(RaybenchError, match="unknown batch input"):
+        make_batch(data, idx, cfg, train=False, inputs={"cxr_time"})
+
+
+def test_dataset_without_image_times_refuses_cxr_hours(prepared_small, tmp_path):
+    dataset = tmp_path / "prepared"
+    shutil.copytree(prepared_small, dataset)
+    index = pd.read_parquet(dataset / "samples" / "cxr_index.parquet")
+    index.drop(columns=["time"]).to_parquet(dataset / "samples" / "cxr_index.parquet")
+    data = load_prepared(dataset, "mortality")
+    assert data.cxr_hours is None
+    idx = np.arange(4)
+    assert make_batch(data, idx, LoaderConfig(), train=False)["ehr"].shape[0] == 4
+    with pytest.raises(RaybenchError, match="re-run `raybench preprocess`"):
+        make_batch(data, idx, LoaderConfig(), train=False, inputs={"cxr_hours"})
+    with pytest.raises(RaybenchError, match="utde needs cxr_hours.*re-run `raybench preprocess`"):
+        require_inputs(data, {"cxr_hours"}, "utde")

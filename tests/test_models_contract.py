@@ -17,8 +17,10 @@ import torch.nn.functional as F
 
 import raybench.models.cxr_encoders as cxr_encoders
 from raybench.models import (
+    OPTIONAL_INPUTS,
     SEARCH_SPACE_KINDS,
     DataSpec,
+    ModelConfigError,
     ModelOutput,
     MultimodalModel,
     TaskSpec,
@@ -29,6 +31,7 @@ from raybench.models import (
     register_model,
     task_loss,
     validate_search_space,
+    value_mask_pairs,
 )
 from raybench.models import registry as registry_mod
 from raybench.models.ehr_encoders import LSTMEncoder, TransformerEncoder
@@ -79,6 +82,7 @@ def build(name: str, kind: str = "binary", seed: int = 0, **extra) -> Multimodal
 
 
 def make_batch(kind: str, seed: int = 0, present=PRESENT) -> dict[str, torch.Tensor]:
+    """A batch with every optional input too (models ignore keys they did not declare)."""
     g = torch.Generator().manual_seed(seed)
     lengths = torch.tensor(LENGTHS)
     ehr = torch.randn(B, T, NF, generator=g)
@@ -92,7 +96,9 @@ def make_batch(kind: str, seed: int = 0, present=PRESENT) -> dict[str, torch.Ten
         y = torch.randint(0, 2, (B,), generator=g).float()
     else:
         y = torch.randint(0, 2, (B, n), generator=g).float()
-    return {"ehr": ehr, "ehr_lengths": lengths, "cxr": cxr, "cxr_present": present, "y": y}
+    cxr_hours = torch.rand(B, generator=g) * 48.0 * present
+    return {"ehr": ehr, "ehr_lengths": lengths, "cxr": cxr, "cxr_present": present, "y": y,
+            "cxr_hours": cxr_hours}
 
 
 def total_loss(out: ModelOutput, batch: dict, kind: str) -> torch.Tensor:
@@ -104,6 +110,30 @@ def eval_logits(model: MultimodalModel, batch: dict) -> torch.Tensor:
     model.eval()
     with torch.no_grad():
         return model(batch).logits
+
+
+def with_garbage_in_absent_images(batch: dict) -> dict:
+    """``batch`` with large random pixels where ``cxr_present`` is False."""
+    absent = ~batch["cxr_present"]
+    garbage = dict(batch, cxr=batch["cxr"].clone())
+    garbage["cxr"][absent] = torch.randn(int(absent.sum()), *batch["cxr"].shape[1:]) * 50.0
+    return garbage
+
+
+def absent_images_change_outputs(model: MultimodalModel, batch: dict) -> bool:
+    """Whether the pixels of samples without an image change any output (eval mode)."""
+    return not torch.allclose(eval_logits(model, batch),
+                              eval_logits(model, with_garbage_in_absent_images(batch)))
+
+
+def outputs_depend_on_the_batch(model: MultimodalModel, batch: dict) -> bool:
+    """Whether some sample's output alone differs from its output inside ``batch`` (eval)."""
+    together = eval_logits(model, batch)
+    for i in range(len(together)):
+        alone = eval_logits(model, {k: v[i:i + 1] for k, v in batch.items()})
+        if not torch.allclose(alone, together[i:i + 1], rtol=1e-5, atol=1e-5):
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- per model
@@ -154,6 +184,21 @@ def test_missing_cxr_does_not_leak(name: str, kind: str) -> None:
     a = model(batch).logits
     torch.manual_seed(1)
     torch.testing.assert_close(a, model(garbage).logits)
+
+
+@pytest.mark.parametrize("name,kind", CASES)
+def test_sample_output_does_not_depend_on_the_batch(name: str, kind: str) -> None:
+    """Per-sample invariance; batch-dependent models only keep absent images out."""
+    cls = get_model(name)
+    model = build(name, kind)
+    batch = make_batch(kind)
+    if not cls.batch_dependent:
+        assert not outputs_depend_on_the_batch(model, batch)
+    elif "cxr" in cls.modalities and cls.handles_missing_cxr:
+        for present in ([False] * B, PRESENT):
+            assert not absent_images_change_outputs(model, make_batch(kind, present=present))
+    else:
+        pytest.skip("batch-dependent and consumes the zero image: nothing per-sample to check")
 
 
 @pytest.mark.parametrize("name,kind", CASES)
@@ -261,6 +306,102 @@ def test_registry_duplicate_unknown_and_patterns(monkeypatch: pytest.MonkeyPatch
     assert {"early_fusion", "joint_fusion", "late_fusion"} <= set(list_models("*_fusion"))
     assert "medfuse" not in list_models("*_fusion")
     assert list_models() == sorted(list_models())
+
+
+def test_declared_inputs_are_checked_when_the_class_is_defined() -> None:
+    assert OPTIONAL_INPUTS == {"cxr_hours"}
+    assert all(get_model(name).inputs <= OPTIONAL_INPUTS for name in MODELS)
+    assert MultimodalModel.inputs == frozenset() and not MultimodalModel.batch_dependent
+
+    class Timed(MultimodalModel):
+        inputs = frozenset({"cxr_hours"})
+
+    assert Timed.inputs == {"cxr_hours"}
+    with pytest.raises(ModelConfigError, match="'cxr_time'.*cxr_hours"):
+        class Typo(MultimodalModel):
+            inputs = frozenset({"cxr_time"})
+    with pytest.raises(ModelConfigError, match="frozenset"):
+        class NotASet(MultimodalModel):
+            inputs = ("cxr_hours",)
+
+
+class _PooledImages(MultimodalModel):
+    """Toy batch-dependent model: each logit adds the batch mean of the present images."""
+
+    modalities = frozenset({"ehr", "cxr"})
+    handles_missing_cxr = True
+    batch_dependent = True
+
+    def __init__(self, data: DataSpec, task: TaskSpec, **hparams) -> None:
+        super().__init__(data, task, **hparams)
+        self.ehr_encoder = torch.nn.Linear(data.ehr_features, task.n_outputs)
+        self.cxr_encoder = torch.nn.Linear(data.cxr_channels, task.n_outputs)
+
+    def forward(self, batch: dict) -> ModelOutput:
+        own = self.ehr_encoder(batch["ehr"].mean(1))
+        present = batch["cxr_present"].float()[:, None]
+        images = self.cxr_encoder(batch["cxr"].mean((2, 3))) * present
+        pooled = images.sum(0, keepdim=True) / present.sum().clamp(min=1.0)
+        return ModelOutput(own + pooled, {})
+
+
+class _PooledAllImages(_PooledImages):
+    """Like :class:`_PooledImages` but pools absent (zeroed or not) images too: a leak."""
+
+    def forward(self, batch: dict) -> ModelOutput:
+        own = self.ehr_encoder(batch["ehr"].mean(1))
+        return ModelOutput(own + self.cxr_encoder(batch["cxr"].mean((2, 3))).mean(0), {})
+
+
+def test_batch_dependence_checks_tell_models_apart() -> None:
+    """The helpers behind the per-sample test detect what they claim to detect."""
+    torch.manual_seed(0)
+    batch = make_batch("binary")
+    pooled = _PooledImages(DATA, task_spec("binary"))
+    assert outputs_depend_on_the_batch(pooled, batch)
+    assert not absent_images_change_outputs(pooled, batch)
+    leaky = _PooledAllImages(DATA, task_spec("binary"))
+    assert absent_images_change_outputs(leaky, batch)
+    assert not outputs_depend_on_the_batch(build("ehr_lstm"), batch)
+    assert not absent_images_change_outputs(build("late_fusion"), batch)
+
+
+def test_trainer_hooks_are_no_ops_by_default() -> None:
+    model = build("ehr_lstm")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = model(make_batch("binary"))
+    model.on_epoch_start(1, 2)
+    model.after_backward(out, make_batch("binary"))
+    model.on_epoch_end(1)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_data_spec_names_steps_and_value_mask_pairs() -> None:
+    old_style = DataSpec(ehr_features=NF, image_size=PX)
+    assert old_style.feature_names == () and old_style.step_hours == 1.0
+    names = ["heart_rate", "gcs_eye=1", "gcs_eye=2", "no_mask", "mask:heart_rate",
+             "mask:gcs_eye", "mask:unused"]
+    spec = DataSpec(ehr_features=7, image_size=PX, feature_names=names, step_hours=2.0)
+    assert spec.feature_names == tuple(names) and spec.step_hours == 2.0
+    assert value_mask_pairs(spec.feature_names) == [(0, 4), (1, 5), (2, 5), (3, None)]
+    assert value_mask_pairs(()) == []
+    with pytest.raises(ModelConfigError, match="7 names for ehr_features=8"):
+        DataSpec(ehr_features=8, image_size=PX, feature_names=names)
+    with pytest.raises(ModelConfigError, match="step_hours"):
+        DataSpec(ehr_features=NF, image_size=PX, step_hours=0)
+
+
+def test_value_mask_pairs_cover_the_prepared_features() -> None:
+    from preprocessing.ehr_features import NAMES, feature_names
+
+    names = feature_names()
+    pairs = value_mask_pairs(names)
+    masks = [i for i, n in enumerate(names) if n.startswith("mask:")]
+    assert len(pairs) + len(masks) == len(names)
+    assert all(m is not None for _, m in pairs)  # every value channel has its mask
+    for value, mask in pairs:
+        assert names[mask] == "mask:" + names[value].split("=")[0]
+    assert {names[m] for _, m in pairs} <= {f"mask:{n}" for n in NAMES}
 
 
 def test_unknown_hparam_and_bad_specs() -> None:

@@ -8,11 +8,15 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from preprocessing.phenotypes import phenotype_names
 from raybench import trainer as T
 from raybench.data import LoaderConfig, load_prepared
+from raybench.errors import RaybenchError
+from raybench.models import ModelOutput, MultimodalModel, register_model
+from raybench.models import registry as registry_mod
 
 SMALL = {"hidden": 16, "ehr_layers": 1, "lr": 3e-3}
 TINY_CXR = {**SMALL, "cxr_backbone": "resnet_tiny", "pretrained": False}
@@ -64,6 +68,86 @@ def test_pretraining_stages_run_before_fusion(prepared_small):
     data = load_prepared(prepared_small, "mortality")
     result = T.train_and_evaluate(data, "medfuse", TINY_CXR, _quick(epochs=1))
     assert [h["stage"] for h in result.history] == ["ehr", "cxr", "fusion"]
+
+
+class _HookRecorder(MultimodalModel):
+    """Toy model: records the trainer's calls; an epoch-counting buffer flips its output.
+
+    It reads the (multiclass) labels, an oracle, so validation can tell the epochs apart:
+    while the buffer says at most one epoch ended it predicts the true class, afterwards
+    anything else. Epoch 1 is
+    therefore the best, and the test predictions are right only if the buffer was restored
+    with the best state.
+    """
+
+    modalities = frozenset({"ehr"})
+    inputs = frozenset({"cxr_hours"})
+    calls: list = []
+    specs: list = []
+
+    def __init__(self, data, task, **hparams):
+        super().__init__(data, task, **hparams)
+        self.ehr_encoder = torch.nn.Linear(data.ehr_features, task.n_outputs)
+        self.register_buffer("epochs_ended", torch.zeros((), dtype=torch.long))
+        self.specs.append(data)
+
+    def forward(self, batch):
+        assert "cxr_hours" in batch
+        self.calls.append("train_batch" if self.training else "eval_batch")
+        sign = 1.0 if int(self.epochs_ended) <= 1 else -1.0
+        classes = torch.nn.functional.one_hot(batch["y"], self.task.n_outputs).float()
+        oracle = sign * (classes * 2 - 1) * 6.0
+        return ModelOutput(oracle + 1e-3 * self.ehr_encoder(batch["ehr"][:, 0]), {})
+
+    def on_epoch_start(self, epoch, epochs):
+        self.calls.append(("start", epoch, epochs))
+
+    def after_backward(self, out, batch):
+        grads = [p.grad for p in self.parameters()]
+        self.calls.append(("after_backward", all(g is not None for g in grads)))
+
+    def on_epoch_end(self, epoch):
+        self.epochs_ended += 1
+        self.calls.append(("end", epoch))
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        self.calls.append("restore_best")
+        return super().load_state_dict(state_dict, *args, **kwargs)
+
+
+@pytest.fixture
+def hook_recorder(monkeypatch):
+    monkeypatch.setattr(registry_mod, "_REGISTRY", dict(registry_mod._REGISTRY))
+    monkeypatch.setattr(_HookRecorder, "calls", [])
+    monkeypatch.setattr(_HookRecorder, "specs", [])
+    return register_model("zz_hook_recorder")(_HookRecorder)
+
+
+def test_hooks_run_in_order_and_buffers_follow_the_best_state(prepared_small, hook_recorder):
+    data = load_prepared(prepared_small, "length_of_stay")  # multiclass, selection: kappa
+    result = T.train_and_evaluate(data, "zz_hook_recorder", {},
+                                  _quick(epochs=2, patience=5, max_train_batches=2,
+                                         max_val_samples=200))
+    calls = [c for i, c in enumerate(hook_recorder.calls)  # one entry per run of eval batches
+             if c != "eval_batch" or hook_recorder.calls[i - 1] != "eval_batch"]
+    epoch = ["train_batch", ("after_backward", True)] * 2
+    assert calls == [("start", 1, 2), *epoch, ("end", 1), "eval_batch",
+                     ("start", 2, 2), *epoch, ("end", 2), "eval_batch",
+                     "restore_best", "eval_batch"]  # the last: test
+    first, second = (h["val_" + result.selection_metric] for h in result.history)
+    assert result.selection_metric == "kappa_linear" and first == 1.0 and second < 0.5
+    assert result.best_epoch == 1
+    assert result.test_metrics["kappa_linear"] == 1.0  # epochs_ended restored to 1, not 2
+    (spec,) = hook_recorder.specs
+    assert spec.feature_names == tuple(data.feature_names) and spec.step_hours == 1.0
+
+
+def test_a_model_needing_image_times_is_refused_without_them(prepared_small, hook_recorder):
+    data = load_prepared(prepared_small, "mortality")
+    data.cxr_hours = None  # as loaded from a dataset prepared before image times existed
+    with pytest.raises(RaybenchError, match="zz_hook_recorder needs cxr_hours.*re-run"):
+        T.train_and_evaluate(data, "zz_hook_recorder", {}, _quick())
+    assert hook_recorder.calls == []
 
 
 def test_length_of_stay_reports_mad_in_days(prepared_small):

@@ -20,6 +20,7 @@ from raybench.models import (  # noqa: F401  (imported for registration)
 )
 from raybench.models.base import (
     MODALITIES,
+    OPTIONAL_INPUTS,
     SEARCH_SPACE_KINDS,
     TASK_KINDS,
     TRAINER_HPARAMS,
@@ -31,11 +32,13 @@ from raybench.models.base import (
     mean_probability_logits,
     task_loss,
     validate_search_space,
+    value_mask_pairs,
 )
 from raybench.models.registry import build_model, get_model, list_models, register_model
 
 __all__ = [
     "MODALITIES",
+    "OPTIONAL_INPUTS",
     "SEARCH_SPACE_KINDS",
     "TASK_KINDS",
     "TRAINER_HPARAMS",
@@ -51,4 +54,5 @@ __all__ = [
     "register_model",
     "task_loss",
     "validate_search_space",
+    "value_mask_pairs",
 ]

@@ -23,6 +23,7 @@ from raybench.errors import RaybenchError
 __all__ = [
     "TASK_KINDS",
     "MODALITIES",
+    "OPTIONAL_INPUTS",
     "SEARCH_SPACE_KINDS",
     "TRAINER_HPARAMS",
     "TRAINER_SEARCH_SPACE",
@@ -35,11 +36,18 @@ __all__ = [
     "mean_probability_logits",
     "set_requires_grad",
     "validate_search_space",
+    "value_mask_pairs",
 ]
 
 TASK_KINDS = frozenset({"binary", "multilabel", "multiclass"})
 MODALITIES = frozenset({"ehr", "cxr"})
 SEARCH_SPACE_KINDS = frozenset({"loguniform", "uniform", "choice", "randint"})
+#: Batch keys a model may declare in ``MultimodalModel.inputs``; the loader adds only those.
+#: ``cxr_hours``: float32 ``[B]``, hours from the chosen image's study time to the sample's
+#: prediction time (>= 0), 0 where the sample has no image.
+OPTIONAL_INPUTS = frozenset({"cxr_hours"})
+#: Prefix of the observation-mask channels in the prepared EHR features (``mask:<variable>``).
+MASK_PREFIX = "mask:"
 
 #: Optimiser hyperparameters carried in every model's hparams so that a sampled config can be
 #: passed to ``build_model`` whole; models ignore them, the trainer reads them.
@@ -60,16 +68,41 @@ class DataSpec:
 
     ``ehr_features`` is F of the ``[B, T, F]`` EHR tensor (mask channels included);
     ``image_size`` is H == W of the ``[B, C, H, W]`` chest X-ray tensor.
+    ``feature_names`` names the F channels in order (empty when unknown, e.g. in unit tests;
+    see :func:`value_mask_pairs`), ``step_hours`` is the hours one EHR step covers.
     """
 
     ehr_features: int
     image_size: int
     cxr_channels: int = 3
+    feature_names: tuple[str, ...] = ()
+    step_hours: float = 1.0
 
     def __post_init__(self) -> None:
         for key in ("ehr_features", "image_size", "cxr_channels"):
             if int(getattr(self, key)) < 1:
                 raise ModelConfigError(f"DataSpec.{key} must be >= 1, got {getattr(self, key)}")
+        object.__setattr__(self, "feature_names", tuple(self.feature_names))
+        if self.feature_names and len(self.feature_names) != self.ehr_features:
+            raise ModelConfigError(
+                f"DataSpec.feature_names has {len(self.feature_names)} names for "
+                f"ehr_features={self.ehr_features} channels")
+        if not self.step_hours > 0:
+            raise ModelConfigError(f"DataSpec.step_hours must be > 0, got {self.step_hours}")
+
+
+def value_mask_pairs(feature_names: Iterable[str]) -> list[tuple[int, int | None]]:
+    """``(value channel, its mask channel or None)`` for every non-mask EHR channel, in order.
+
+    Prepared datasets name channels ``<variable>`` (continuous, z-scored),
+    ``<variable>=<category>`` (one-hot categorical) and ``mask:<variable>`` (1 where the
+    variable was observed in the step, 0 where imputed). Every one-hot channel of a variable
+    pairs with that variable's single mask channel; a value without a mask gets ``None``.
+    """
+    names = list(feature_names)
+    mask_of = {n[len(MASK_PREFIX):]: i for i, n in enumerate(names) if n.startswith(MASK_PREFIX)}
+    return [(i, mask_of.get(n.split("=", 1)[0]))
+            for i, n in enumerate(names) if not n.startswith(MASK_PREFIX)]
 
 
 @dataclass(frozen=True)
@@ -115,12 +148,33 @@ class MultimodalModel(nn.Module):
     **hparams)`` first; the merged, validated hyperparameters are then in ``self.hparams``.
     By convention (the contract tests rely on it) the encoder of each modality lives in the
     attribute ``ehr_encoder`` / ``cxr_encoder``.
+
+    ``inputs`` declares optional batch keys (from :data:`OPTIONAL_INPUTS`) the loader must
+    add; ``batch_dependent`` marks a model whose output for a sample depends on the other
+    samples of the batch. The trainer hooks (:meth:`on_epoch_start`, :meth:`after_backward`,
+    :meth:`on_epoch_end`) are no-ops by default. State that a hook changes and that changes
+    what the model computes must live in registered buffers (and every parameter must exist
+    from ``__init__``), because the trainer selects the best epoch by copying and reloading
+    ``state_dict()``.
     """
 
     name: ClassVar[str] = ""
     modalities: ClassVar[frozenset[str]] = frozenset()
     handles_missing_cxr: ClassVar[bool] = False
     supported_kinds: ClassVar[frozenset[str]] = TASK_KINDS
+    inputs: ClassVar[frozenset[str]] = frozenset()
+    batch_dependent: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        known = ", ".join(sorted(OPTIONAL_INPUTS))
+        if not isinstance(cls.inputs, frozenset):
+            raise ModelConfigError(f"{cls.__qualname__}.inputs must be a frozenset (of {known}), "
+                                   f"got {cls.inputs!r}")
+        unknown = sorted(cls.inputs - OPTIONAL_INPUTS)
+        if unknown:
+            raise ModelConfigError(f"{cls.__qualname__}.inputs: unknown optional input(s) "
+                                   f"{', '.join(map(repr, unknown))}; known: {known}")
 
     def __init__(self, data: DataSpec, task: TaskSpec, **hparams: Any) -> None:
         super().__init__()
@@ -169,6 +223,18 @@ class MultimodalModel(nn.Module):
         if stage not in valid:
             raise ModelConfigError(f"model {self.name!r}: unknown stage {stage!r}; valid: {valid}")
         self.stage = stage
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before the first batch of ``epoch`` (1-based) of ``epochs``
+        in the current stage."""
+
+    def after_backward(self, out: ModelOutput, batch: dict[str, torch.Tensor]) -> None:
+        """Called by the trainer after ``loss.backward()`` and before ``optimizer.step()``
+        (gradients are in ``p.grad``; ``out`` is this step's output)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called by the trainer after the last optimiser step of ``epoch``, before the
+        validation pass that scores it."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:  # pragma: no cover
         """Map a batch dict (see ``docs/models.md``) to a :class:`ModelOutput`."""

@@ -117,7 +117,7 @@ def run_study(path: Path, overrides: list[str] = (), show: bool = True,
     """Run (or resume) the study described by ``path``; returns where its directory is."""
     from ray import tune
 
-    from raybench.data import load_prepared, load_shared
+    from raybench.data import load_prepared, load_shared, require_inputs
     from raybench.models import get_model
     from raybench.study.config import (
         expand_experiments,
@@ -144,6 +144,7 @@ def run_study(path: Path, overrides: list[str] = (), show: bool = True,
     info, searchers, planned = {}, {}, {}
     for e in experiments:
         model = get_model(e.method)
+        require_inputs(datasets[e.task], model.inputs, e.method)  # before any trial starts
         space, fixed = search_space_for(study, e.method), fixed_hparams_for(study, e.method)
         searchers[e.experiment_id] = _searcher(study, e, space, fixed)
         n_configs = 1 if (study.search.type == "fixed" or not space) else study.search.n_calls
