@@ -69,16 +69,19 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from raybench.study.config import expand_experiments, load_study
+    from raybench.study.config import expand_experiments, load_study, search_space_for
 
     study = load_study(args.file, args.set or [])
     experiments = expand_experiments(study)
+    unsearched = [m for m in study.methods if not search_space_for(study, m)]
+    note = (f" (not searched, one configuration: {', '.join(unsearched)})"
+            if unsearched and study.search.type != "fixed" else "")
     print(f"{args.file}: valid; {len(experiments)} experiments "
           f"({len(study.tasks)} tasks x {len(study.cohorts)} cohorts x "
           f"{len(study.methods)} methods x {len(study.robustness.cxr_missing_ratios)} "
           f"missing ratios, less the per-method restrictions), {len(study.seeds)} seeds per "
           f"configuration, search "
-          f"{study.search.type}")
+          f"{study.search.type}{note}")
     return 0
 
 

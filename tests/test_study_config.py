@@ -219,7 +219,6 @@ def test_gpu_fraction_above_one_refused(tmp_path, gpu):
     ({"methods": {"ehr_lstm": {"lr": 1e-3, "weight_decay": 0.0, "hidden": 32,
                                "ehr_layers": 1, "dropout": 0.1}}},
      "methods.ehr_lstm: every searched hyperparameter is fixed"),
-    ({"methods": {"ehr_lstm": {"search_space": {}}}}, "nothing is left for the gp search"),
     ({"methods": []}, "methods: needs at least one method"),
 ])
 def test_invalid_combinations_refused(tmp_path, change, expected):
@@ -317,6 +316,37 @@ def test_search_space_and_fixed_hparams(tmp_path):
     fixed_study = load_study(write(tmp_path, {"search": {"type": "fixed"}}))
     assert search_space_for(fixed_study, "medfuse") == {}
     assert fixed_hparams_for(fixed_study, "medfuse") == get_model("medfuse").default_hparams()
+
+
+@pytest.mark.parametrize("search", [{"type": "gp", "n_calls": 4, "n_initial_points": 2},
+                                    {"type": "random", "n_calls": 4}])
+def test_empty_search_space_means_not_searched(tmp_path, search, capsys):
+    from raybench.cli import main
+    from raybench.search.gp import GPSearcher
+    from raybench.study.multiplex import FixedSearcher
+    from raybench.study.runner import _searcher
+
+    path = write(tmp_path, {"methods": {"ehr_lstm": {"hidden": 32, "search_space": {}},
+                                        "medfuse": None}, "search": search})
+    study = load_study(path)
+    assert search_space_for(study, "ehr_lstm") == {}
+    assert fixed_hparams_for(study, "ehr_lstm") == {
+        **get_model("ehr_lstm").default_hparams(), "hidden": 32}
+    assert search_space_for(study, "medfuse") == get_model("medfuse").search_space()
+    searchers = {e.method: _searcher(study, e, search_space_for(study, e.method),
+                                     fixed_hparams_for(study, e.method))
+                 for e in expand_experiments(study)}
+    assert isinstance(searchers["ehr_lstm"], FixedSearcher)
+    assert isinstance(searchers["medfuse"], GPSearcher)
+    fixed = searchers["ehr_lstm"]
+    handed = [fixed.suggest(str(i)) for i in range(4)]  # one configuration x the 3 seeds
+    assert [h["seed"] for h in handed[:3]] == [0, 1, 2] and handed[3] == FixedSearcher.FINISHED
+    assert {h["config_id"] for h in handed[:3]} == {0}
+    again = validate_study(yaml.safe_load(yaml.safe_dump(resolved_dict(study))), "resolved")
+    assert search_space_for(again, "ehr_lstm") == {}
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "valid; 2 experiments" in out and "not searched, one configuration: ehr_lstm" in out
 
 
 def test_to_train_config(tmp_path):

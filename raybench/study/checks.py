@@ -66,10 +66,14 @@ def _method_problems(study: StudyConfig, name: str, method: MethodConfig) -> lis
         if both:
             problems.append(f"{where}: {', '.join(both)} both fixed and in search_space; "
                             "keep each hyperparameter in one place")
-    if not problems and study.search.type != "fixed" and not method_search_space(name, method):
+    # `search_space: {}` written on the method means "not searched" (one configuration x
+    # seeds); a space emptied only by fixed hyperparameters is more likely a mistake.
+    if (not problems and study.search.type != "fixed" and method.search_space is None
+            and not method_search_space(name, method)):
         problems.append(f"{where}: every searched hyperparameter is fixed, nothing is left "
-                        f"for the {study.search.type} search; use search type fixed or "
-                        "free a hyperparameter")
+                        f"for the {study.search.type} search; free a hyperparameter, or "
+                        "write `search_space: {}` to run it unsearched (one configuration "
+                        "x seeds)")
     for key, allowed in (("cohorts", study.cohorts),
                          ("cxr_missing_ratios", study.robustness.cxr_missing_ratios)):
         extra = [v for v in getattr(method, key) or () if v not in allowed]

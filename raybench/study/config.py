@@ -118,7 +118,10 @@ def expand_experiments(study: StudyConfig) -> list[Experiment]:
 
 
 def search_space_for(study: StudyConfig, method: str) -> dict[str, dict]:
-    """What the searcher samples for ``method`` (compact syntax; ``{}`` for a fixed search).
+    """What the searcher samples for ``method`` (compact syntax; ``{}``: not searched).
+
+    ``{}`` for a fixed search and for a method written with ``search_space: {}``; the runner
+    then runs one configuration per seed.
 
     The method's ``search_space`` override, else the model's ``search_space()``, without
     the hyperparameters the study fixes.
