@@ -8,10 +8,15 @@ Model selection always uses the validation split.
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass
 
 from raybench.errors import RaybenchError
-from raybench.metrics import SELECTION_METRIC
+from raybench.metrics import MEDMOD_LOS_BUCKET_EDGES_DAYS, SELECTION_METRIC
+
+#: CareBench's total-stay buckets [2,3), ..., [6,7), [7,14), [14, inf) days, written as the
+#: remaining stay after the 48 h prediction time (the ``remaining_hours`` of its label file).
+CAREBENCH_LOS7_REMAINING_EDGES_DAYS = (0, 1, 2, 3, 4, 5, 12, math.inf)
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,9 @@ class Task:
     hourly: bool = False
     loss: str = ""  # filled from kind
     selection_metric: str = ""  # filled from kind, always computed on validation
+    # length-of-stay tasks: bucket edges of the remaining stay in days (n_outputs + 1 entries),
+    # used to turn bucket probabilities back into a duration for the MAD metric
+    los_bucket_edges_days: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         loss = "cross_entropy" if self.kind == "multiclass" else "bce_with_logits"
@@ -49,9 +57,11 @@ for _task in (
     Task("phenotyping", "multilabel", "25 acute/chronic phenotypes from the whole stay"),
     Task("decompensation", "binary", "death within 24 h, every hour from 4 h", hourly=True),
     Task("length_of_stay", "multiclass", "remaining ICU stay, 10 buckets, hourly (MedMod)",
-         hourly=True),
+         hourly=True, los_bucket_edges_days=MEDMOD_LOS_BUCKET_EDGES_DAYS),
     Task("length_of_stay_7", "multiclass",
-         "remaining stay after 48 h, 7 buckets (CareBench)", selection_metric="accuracy"),
+         "total ICU stay of stays >= 48 h, 7 buckets, predicted at 48 h (CareBench)",
+         selection_metric="accuracy",
+         los_bucket_edges_days=CAREBENCH_LOS7_REMAINING_EDGES_DAYS),
     Task("radiology", "multilabel", "14 CheXpert findings per AP image"),
 ):
     register_task(_task)

@@ -120,8 +120,12 @@ class _Run:
         self.val_idx, self.test_idx = val, split("test")
         self.bucket_means = None
         if data.remaining_hours is not None:
+            edges = self.task.los_bucket_edges_days
+            if edges is None:
+                raise ValueError(f"task {data.task!r} has remaining_hours but no LoS bucket edges")
             self.bucket_means = bucket_means_from_train(
-                data.remaining_hours[self.train_idx], data.y[self.train_idx], data.n_outputs)
+                data.remaining_hours[self.train_idx], data.y[self.train_idx], data.n_outputs,
+                edges_days=edges)
         self.autocast = self.device.type == "cuda" and cfg.amp
         self.samples_seen, self.train_seconds, self.history = 0, 0.0, []
 

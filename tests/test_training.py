@@ -17,6 +17,7 @@ from raybench.data import LoaderConfig, load_prepared
 from raybench.errors import RaybenchError
 from raybench.models import ModelOutput, MultimodalModel, register_model
 from raybench.models import registry as registry_mod
+from raybench.tasks import get_task
 
 SMALL = {"hidden": 16, "ehr_layers": 1, "lr": 3e-3}
 TINY_CXR = {**SMALL, "cxr_backbone": "resnet_tiny", "pretrained": False}
@@ -156,6 +157,19 @@ def test_length_of_stay_reports_mad_in_days(prepared_small):
                                   _quick(max_train_batches=5, max_val_samples=300))
     assert 0 < result.test_metrics["los_mad_days"] < 30
     assert result.selection_metric == "kappa_linear"
+
+
+def test_carebench_length_of_stay_uses_its_own_buckets(prepared_small):
+    data = load_prepared(prepared_small, "length_of_stay_7")
+    result = T.train_and_evaluate(data, "ehr_lstm", SMALL, _quick(max_val_samples=300))
+    assert data.n_outputs == 7 and result.selection_metric == "accuracy"
+    assert 0 < result.test_metrics["los_mad_days"] < 30
+    # Buckets of the total stay [2,3), ..., [7,14), [14, inf) days, as remaining stay after
+    # 48 h: every training sample's remaining stay lies inside its bucket's edges.
+    edges = np.asarray(get_task("length_of_stay_7").los_bucket_edges_days) * 24.0
+    train = data.split == 0
+    hours, bucket = data.remaining_hours[train], data.y[train].astype(int)
+    assert np.all((edges[bucket] <= hours + 1e-3) & (hours < edges[bucket + 1]))
 
 
 def test_ehr_only_beats_chance_on_mortality(prepared_medium):
