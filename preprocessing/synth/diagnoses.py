@@ -1,4 +1,11 @@
-"""Synthetic ``hosp/diagnoses_icd``: codes for each coded phenotype plus unrelated codes."""
+"""Synthetic ``hosp/diagnoses_icd``: codes for each coded phenotype plus unrelated codes.
+
+Codes are drawn from the phenotype resource's exact lists (ICD-9: HCUP CCS 2015; ICD-10:
+the CMS 2018 GEM route). Half the time an ICD-10 phenotype gets its most common MIMIC-IV
+code, several of which only the GEM route maps (the anchors' hand-made ICD-10 lists miss
+E1122, J9601, I480, R571 and E780). A few admissions carry codes newer than the 2018 GEM,
+which preprocessing must count as unknown.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,24 @@ import pandas as pd
 from preprocessing.phenotypes import load_phenotypes
 
 # Frequent MIMIC codes that belong to none of the 25 phenotypes.
-UNMAPPED_ICD9 = ("V5861", "V1582", "53081", "3051", "311", "V4986", "2724X", "E8497", "V5867")
+UNMAPPED_ICD9 = ("V5861", "V1582", "53081", "3051", "311", "V4986", "2859", "E8497", "V5867")
 UNMAPPED_ICD10 = ("Z7901", "Z87891", "K219", "F329", "Z794", "F17210", "Z66", "E039", "G4733")
-
-
-def _complete(prefix: str, version: int, digit: int) -> str:
-    """Turn a prefix into a plausible full code (3-digit ICD-9 codes get a 4th digit)."""
-    if version == 9 and len(prefix) == 3 and not prefix.startswith(("V", "E")):
-        return f"{prefix}{digit}"
-    if version == 10 and len(prefix) == 3:
-        return f"{prefix}{digit}"
-    return prefix
+# Valid ICD-10-CM codes added after the 2018 GEM (COVID-19 in FY2020, Z11.52 in FY2021).
+UNKNOWN_ICD10 = ("U071", "Z1152")
+UNKNOWN_SHARE = 0.03
+# Phenotype (label order) -> a common MIMIC-IV ICD-10 code of it.
+COMMON_ICD10 = {
+    "Acute and unspecified renal failure": "N179",
+    "Cardiac dysrhythmias": "I480",
+    "Coronary atherosclerosis and other heart disease": "I2510",
+    "Diabetes mellitus with complications": "E1122",
+    "Diabetes mellitus without complication": "E119",
+    "Disorders of lipid metabolism": "E780",
+    "Essential hypertension": "I10",
+    "Respiratory failure; insufficiency; arrest (adult)": "J9601",
+    "Septicemia (except in labor)": "A419",
+    "Shock": "R571",
+}
 
 
 def diagnoses_rows(
@@ -32,16 +46,23 @@ def diagnoses_rows(
     adm_idx, pheno_idx = np.nonzero(coded_values)
     codes = []
     for a, p in zip(adm_idx, pheno_idx, strict=True):
-        prefixes = groups[p].icd9 if version[a] == 9 else groups[p].icd10
-        prefix = prefixes[rng.integers(0, len(prefixes))]
-        codes.append(_complete(prefix, version[a], int(rng.integers(0, 10))))
+        group = groups[p]
+        pool = group.icd9 if version[a] == 9 else group.icd10
+        code = pool[rng.integers(0, len(pool))]
+        if version[a] == 10 and group.name in COMMON_ICD10 and rng.random() < 0.5:
+            code = COMMON_ICD10[group.name]
+        codes.append(code)
     n_other = rng.integers(2, 9, n_a)
     other_adm = np.repeat(np.arange(n_a), n_other)
     pool9, pool10 = np.array(UNMAPPED_ICD9), np.array(UNMAPPED_ICD10)
     pick = rng.integers(0, len(pool9), len(other_adm))
     other_codes = np.where(version[other_adm] == 9, pool9[pick], pool10[pick])
-    all_adm = np.concatenate([adm_idx, other_adm])
-    all_codes = np.concatenate([np.array(codes, dtype=object), other_codes.astype(object)])
+    unknown_adm = np.flatnonzero((version == 10) & (rng.random(n_a) < UNKNOWN_SHARE))
+    unknown_codes = np.array(UNKNOWN_ICD10)[rng.integers(0, len(UNKNOWN_ICD10),
+                                                         len(unknown_adm))]
+    all_adm = np.concatenate([adm_idx, other_adm, unknown_adm])
+    all_codes = np.concatenate([np.array(codes, dtype=object), other_codes.astype(object),
+                                unknown_codes.astype(object)])
     shuffle = rng.permutation(len(all_adm))
     all_adm, all_codes = all_adm[shuffle], all_codes[shuffle]
     order = np.argsort(all_adm, kind="stable")
