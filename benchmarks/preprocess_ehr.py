@@ -34,7 +34,7 @@ from preprocessing.ehr_features import (
 from preprocessing.raw_io import check_inputs
 from preprocessing.synth.generator import SynthConfig, generate
 
-STEP, MAX_HOURS = 1, 24 * 14
+STEP = 1
 ORIGIN = pd.Timestamp("2000-01-01")  # stands for each stay's ICU admission time
 
 
@@ -44,12 +44,14 @@ def baseline(events: pd.DataFrame, stays: pd.DataFrame, stats: dict) -> np.ndarr
     normal = {v.name: v.normal for v in V.VARIABLES}
     out = []
     for stay_id, los in zip(stays["stay_id"], stays["los_hours"], strict=True):
-        bins = int(n_bins(np.array([los]), STEP, MAX_HOURS)[0])
+        bins = int(n_bins(np.array([los]), STEP)[0])
         grid = pd.DataFrame(np.nan, index=pd.RangeIndex(bins), columns=NAMES)
         sub = by_stay.get(stay_id)
         if sub is not None:
+            # Events charted before intime (negative hours) belong to the first bin.
             wide = sub.assign(name=np.array(NAMES)[sub["var"].to_numpy()],
-                              time=ORIGIN + pd.to_timedelta(sub["hours"], unit="h"))
+                              time=ORIGIN + pd.to_timedelta(sub["hours"].clip(lower=0),
+                                                            unit="h"))
             wide = wide.sort_values("hours", kind="stable")
             wide = wide.pivot_table(index="time", columns="name",
                                                          values="value", aggfunc="last")
@@ -78,9 +80,9 @@ def main() -> None:
     if not (raw / "synthetic_manifest.json").exists():
         generate(SynthConfig(out=raw, patients=args.patients, seed=0, image_size=32))
     files = check_inputs(raw / "mimic-iv", raw / "mimic-cxr-jpg")
-    config = PreprocessConfig(max_hours=MAX_HOURS)
+    config = PreprocessConfig()
     stays, _ = build_cohort(files, config)
-    events, _ = extract_events(files, stays, MAX_HOURS)
+    events, _ = extract_events(files, stays, config.pre_intime_hours)
     print(f"{len(stays)} stays, {len(events):,} events after extraction")
 
     import ray
@@ -94,7 +96,7 @@ def main() -> None:
     n_parts = 2 * (os.cpu_count() or 1)
     parts = write_partitions(events, stays, parts_dir, n_parts)
     items = ray.data.from_items([{"part": p} for p in parts], override_num_blocks=n_parts)
-    list(items.map(lambda r: bin_partition(parts_dir, r["part"], STEP, MAX_HOURS)).iter_rows())
+    list(items.map(lambda r: bin_partition(parts_dir, r["part"], STEP)).iter_rows())
     stats = train_statistics(parts_dir, parts)
     feats = parts_dir / "features"
     list(items.map(lambda r: feature_partition(parts_dir, feats, r["part"], "medmod", stats))

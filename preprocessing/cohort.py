@@ -1,9 +1,11 @@
 """The base cohort: adult ICU stays after the documented exclusions, with patient-level splits.
 
-Exclusions (each counted in the manifest, in this order): stays whose ``outtime`` is not
-after ``intime``; age at admission < ``min_age``; care-unit transfers
-(``first_careunit != last_careunit``); admissions with more than one ICU stay. The last two
-follow mimic3-benchmarks / MedMod and can be switched off in the config.
+Exclusions (each counted in the manifest, in this order, which is mimic3-benchmarks' and
+MedFuse's): stays whose ``outtime`` is not after ``intime``; care-unit transfers
+(``first_careunit != last_careunit``); admissions with more than one ICU stay, counted
+among the stays left after the transfer filter (``count_stays_after_transfer_filter: false``
+counts every stay instead); age at admission < ``min_age``. Transfers and multi-stay
+admissions can be switched off in the config.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from raybench.errors import RaybenchError
 AGE_BINS = (0, 40, 60, 80, np.inf)
 AGE_LABELS = ("18-39", "40-59", "60-79", "80+")
 SPLITS = ("train", "val", "test")
+# Version of the ``cohort`` stage (this module and preprocessing/phenotypes.py; the phenotype
+# resource's own hash is part of the stage key). Bump it when a change alters what the stage
+# writes; tests/test_stage_versions.py holds its golden hash.
+STAGE_VERSION = 2
 
 
 def _splitmix64(values: np.ndarray) -> np.ndarray:
@@ -60,16 +66,28 @@ def build_cohort(files: dict[str, Path], config: PreprocessConfig) -> tuple[pd.D
     stays["age"] = stays["anchor_age"] + (stays["admittime"].dt.year - stays["anchor_year"])
     stays["los_hours"] = (stays["outtime"] - stays["intime"]) / pd.Timedelta(hours=1)
 
+    has_dates = stays["los_hours"] > 0
+    adult = stays["age"] >= config.min_age
+    no_transfer = stays["first_careunit"] == stays["last_careunit"]
+    if not config.exclude_transfers:
+        no_transfer = pd.Series(True, index=stays.index)
+    single = {rule: _single_stay(stays, basis)
+              for rule, basis in (("after_transfer_filter", no_transfer),
+                                  ("over_all_stays", pd.Series(True, index=stays.index)))}
+    rule = "after_transfer_filter" if config.count_stays_after_transfer_filter \
+        else "over_all_stays"
     steps: list[tuple[str, pd.Series | None]] = [
         ("ICU stay has an admission and a patient", None),
-        ("outtime after intime", stays["los_hours"] > 0),
-        (f"adult (age >= {config.min_age})", stays["age"] >= config.min_age),
+        ("outtime after intime", has_dates),
     ]
     if config.exclude_transfers:
-        steps.append(("no care-unit transfer", stays["first_careunit"] == stays["last_careunit"]))
+        steps.append(("no care-unit transfer", no_transfer))
     if config.exclude_multi_stay_admissions:
-        per_adm = stays.groupby("hadm_id")["stay_id"].transform("size")
-        steps.append(("one ICU stay in the admission", per_adm == 1))
+        name = ("one ICU stay in the admission (counted after the transfer filter)"
+                if rule == "after_transfer_filter" else
+                "one ICU stay in the admission (counted over all stays)")
+        steps.append((name, single[rule]))
+    steps.append((f"adult (age >= {config.min_age})", adult))
     exclusions = []
     keep = pd.Series(True, index=stays.index)
     before = len(icu)
@@ -83,6 +101,14 @@ def build_cohort(files: dict[str, Path], config: PreprocessConfig) -> tuple[pd.D
                 f"the base cohort is empty after the filter '{name}' ({before} stays before it)"
             )
         before = after
+    if config.exclude_multi_stay_admissions:
+        # Both counting rules' cohort sizes, for the manifest (mimic3-benchmarks and MedFuse
+        # count an admission's stays after dropping transfers).
+        base = has_dates & adult & no_transfer
+        step = next(e for e in exclusions if e["filter"].startswith("one ICU stay"))
+        step["cohort_if_counted_after_transfer_filter"] = int(
+            (base & single["after_transfer_filter"]).sum())
+        step["cohort_if_counted_over_all_stays"] = int((base & single["over_all_stays"]).sum())
     stays = stays[keep].copy()
 
     hospital_death = stays["deathtime"].notna() & (stays["deathtime"] >= stays["admittime"]) & (
@@ -105,6 +131,12 @@ def build_cohort(files: dict[str, Path], config: PreprocessConfig) -> tuple[pd.D
                "sex", "race", "race_group", "insurance", "admission_type"]
     stays = stays[columns].sort_values("stay_id").reset_index(drop=True)
     return stays, exclusions
+
+
+def _single_stay(stays: pd.DataFrame, counted: pd.Series) -> pd.Series:
+    """True for stays whose admission has exactly one stay among the ``counted`` ones."""
+    per_adm = stays.loc[counted].groupby("hadm_id")["stay_id"].size()
+    return stays["hadm_id"].map(per_adm).fillna(0).eq(1) & counted
 
 
 def _dod(path: Path) -> pd.DataFrame:

@@ -24,13 +24,22 @@ class PreprocessConfig(BaseModel):
     exclude_transfers: bool = Field(True, description="drop stays whose care unit changed")
     exclude_multi_stay_admissions: bool = Field(
         True, description="drop admissions with more than one ICU stay (mimic3-benchmarks)")
+    count_stays_after_transfer_filter: bool = Field(
+        True, description="count an admission's ICU stays after dropping transfers, as "
+                          "mimic3-benchmarks and MedFuse do (false: count every stay)")
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     split_seed: int = 0
     resample_hours: Literal[1, 2] = 1
-    max_hours: int = Field(24 * 14, ge=48, description="EHR kept per stay (hours)")
+    max_hours: int = Field(24 * 14, ge=48, description="EHR history a sample carries: the "
+                           "last max_hours before its prediction time (hours)")
+    pre_intime_hours: float = Field(2.0, ge=0, description="events of the stay charted this "
+                                    "long before intime go into the first bin")
+    require_ehr_events: bool = Field(True, description="drop samples whose EHR history holds "
+                                     "no event (mimic3-benchmarks)")
     imputations: tuple[Literal["medmod", "carebench"], ...] = ("medmod", "carebench")
     mortality_hours: int = 48
-    hourly_min_hours: int = Field(4, description="first hourly sample (decompensation, LoS)")
+    hourly_min_hours: int = Field(4, description="hourly samples (decompensation, LoS) at "
+                                  "whole hours after this one (mimic3-benchmarks: t > 4)")
     decompensation_horizon_hours: int = 24
     cxr_lookback_hours: float = Field(0.0, ge=0, description="accept AP images this long "
                                       "before ICU admission (0 = anchors' behaviour)")

@@ -37,6 +37,9 @@ from preprocessing.schemas import cxr_image_relpath
 from raybench.errors import RaybenchError
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("cxr_index", "subject_id", "study_id", "dicom_id")
+# Version of the ``cxr`` stage (this module). Bump it when a change alters what the stage
+# writes; tests/test_stage_versions.py holds its golden hash.
+STAGE_VERSION = 1
 # Antialiased bilinear: after DCT-scaled decoding the remaining reduction is < 2x, where it is
 # the fastest PIL filter and, measured against a full decode + LANCZOS, as close as LANCZOS.
 RESAMPLE = Image.Resampling.BILINEAR

@@ -3,7 +3,8 @@
 Driver side, vectorised with pyarrow/pandas: keep the items of the 17 variables, map text
 values (GCS, capillary refill) to codes, harmonise units (F->C, FiO2 % -> fraction,
 inch -> cm, lb -> kg), drop values outside the valid ranges (counted), express time as hours
-since ICU admission. The result is split into partitions of whole stays for Ray Data.
+since ICU admission (negative for events of the stay charted just before it). The result is
+split into partitions of whole stays for Ray Data.
 """
 
 from __future__ import annotations
@@ -69,9 +70,15 @@ def _clean(frame: pd.DataFrame, stats: dict) -> pd.DataFrame:
                          "value": values[valid].astype(np.float32)}, index=frame.index[valid])
 
 
-def extract_events(files: dict[str, Path], stays: pd.DataFrame, max_hours: float
+def extract_events(files: dict[str, Path], stays: pd.DataFrame, pre_intime_hours: float
                    ) -> tuple[pd.DataFrame, dict]:
-    """All kept events of cohort stays: stay_id, hours (since intime), var code, value."""
+    """All kept events of cohort stays: stay_id, hours (since intime), var code, value.
+
+    chartevents are matched by ``stay_id`` and kept from ``pre_intime_hours`` before intime
+    (static variables, height and weight, from any time before it) up to outtime; their
+    negative hours put them in the first bin. labevents carry no stay_id: they are matched
+    by admission and kept between intime and outtime.
+    """
     stats: dict = {}
     chart_items = sorted({i for v in V.VARIABLES for i in v.chart_itemids})
     chart = stream_events(
@@ -96,12 +103,18 @@ def extract_events(files: dict[str, Path], stays: pd.DataFrame, max_hours: float
     labs = labs.loc[cleaned.index, ["hadm_id", "charttime"]].join(cleaned)
     labs = labs.merge(stays[["hadm_id", "stay_id"]], on="hadm_id").drop(columns="hadm_id")
 
+    n_chart = len(chart)
     events = pd.concat([chart, labs], ignore_index=True)
     timing = stays.set_index("stay_id")[["intime", "los_hours"]]
     joined = timing.reindex(events["stay_id"])
     hours = (events["charttime"].to_numpy() - joined["intime"].to_numpy()) / np.timedelta64(1, "h")
-    limit = np.minimum(joined["los_hours"].to_numpy(), max_hours)
-    inside = (hours >= 0) & (hours < limit)
+    from_chart = np.arange(len(events)) < n_chart
+    static = np.isin(events["var"].to_numpy(), [VAR_INDEX[n] for n in V.STATIC])
+    before = hours < 0
+    early_ok = from_chart & (static | (hours >= -pre_intime_hours))
+    inside = (hours < joined["los_hours"].to_numpy()) & (~before | early_ok)
+    stats["before_intime_kept"] = int((inside & before).sum())
+    stats["before_intime_dropped"] = int((~inside & before).sum())
     stats["outside_stay"] = int((~inside).sum())
     events = pd.DataFrame({
         "stay_id": events["stay_id"].to_numpy()[inside],

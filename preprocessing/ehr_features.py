@@ -1,7 +1,8 @@
 """Per-partition EHR work, run in parallel by Ray Data: binning, then features.
 
 Binning keeps the last value of each variable in each bin (MedMod's discretiser) on a grid
-of ``ceil(min(LoS, max_hours) / step)`` bins per stay; GCS total is the sum of its three
+of ``ceil(LoS / step)`` bins per stay (the whole stay; events charted just before intime fall
+in bin 0); GCS total is the sum of its three
 components where all three are charted in the bin. Features: forward fill within the stay,
 then MedMod's normal values or CareBench's train medians; z-scores of the continuous
 variables with train-split statistics; one-hot categoricals; observation masks.
@@ -19,6 +20,10 @@ from preprocessing import variables as V
 NAMES = [v.name for v in V.VARIABLES]
 GCS_PARTS = [NAMES.index(n) for n in ("gcs_eye", "gcs_verbal", "gcs_motor")]
 GCS_TOTAL = NAMES.index("gcs_total")
+# Version of the ``ehr`` stage (this module, preprocessing/ehr_extract.py and
+# preprocessing/variables.py). Bump it when a change alters what the stage writes;
+# tests/test_stage_versions.py holds its golden hash.
+STAGE_VERSION = 2
 
 
 def feature_names() -> list[str]:
@@ -30,20 +35,25 @@ def feature_names() -> list[str]:
     return names + [f"mask:{n}" for n in NAMES]
 
 
-def n_bins(los_hours: np.ndarray, step: int, max_hours: int) -> np.ndarray:
-    """Bins per stay: ceil(min(LoS, max_hours) / step), at least 1."""
-    return np.maximum(np.ceil(np.minimum(los_hours, max_hours) / step), 1).astype(np.int64)
+def n_bins(los_hours: np.ndarray, step: int) -> np.ndarray:
+    """Bins per stay: ceil(LoS / step), at least 1 (the whole stay is binned)."""
+    return np.maximum(np.ceil(np.asarray(los_hours) / step), 1).astype(np.int64)
 
 
-def bin_partition(workdir: Path, part: int, step: int, max_hours: int) -> dict:
-    """Events of one partition -> ``hourly-PART.parquet`` (stay_id, step, 17 vars, NaN = none)."""
+def bin_partition(workdir: Path, part: int, step: int) -> dict:
+    """Events of one partition -> ``hourly-PART.parquet``.
+
+    Columns: stay_id, step, split, the 17 variables (NaN = not observed) and ``n_observed``
+    (variables observed in the bin). Events before intime (negative hours) fall in bin 0,
+    where, as in every bin, the latest value wins.
+    """
     stays = pd.read_parquet(workdir / f"stays-{part:05d}.parquet")
     events = pd.read_parquet(workdir / f"events-{part:05d}.parquet")
-    counts = n_bins(stays["los_hours"].to_numpy(), step, max_hours)
+    counts = n_bins(stays["los_hours"].to_numpy(), step)
     offsets = pd.Series(np.cumsum(counts) - counts, index=stays["stay_id"].to_numpy())
     values = np.full((int(counts.sum()), len(NAMES)), np.nan, dtype=np.float32)
     if len(events):
-        events = events.assign(bin=(events["hours"] // step).astype(np.int64))
+        events = events.assign(bin=np.maximum(events["hours"] // step, 0).astype(np.int64))
         events = events.sort_values(["stay_id", "var", "hours"], kind="stable")
         last = events.drop_duplicates(["stay_id", "bin", "var"], keep="last")
         rows = offsets.reindex(last["stay_id"]).to_numpy() + last["bin"].to_numpy()
@@ -56,6 +66,7 @@ def bin_partition(workdir: Path, part: int, step: int, max_hours: int) -> dict:
                  .astype(np.int32))
     frame.insert(0, "stay_id", np.repeat(stays["stay_id"].to_numpy(), counts))
     frame.insert(2, "split", np.repeat(stays["split"].to_numpy(), counts))
+    frame["n_observed"] = (~np.isnan(values)).sum(axis=1).astype(np.int8)
     frame.to_parquet(workdir / f"hourly-{part:05d}.parquet", index=False)
     return {"part": part, "rows": len(frame), "stays": len(stays)}
 

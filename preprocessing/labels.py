@@ -6,9 +6,10 @@ Each task gives a frame with one row per sample: ``stay_id``, ``split``, ``pred_
 
 - ``mortality``: stays with >= 48 h in the ICU; death in hospital (MedMod); EHR first 48 h.
 - ``mortality_icu``: same stays; death before ICU discharge (CareBench's ``icu_mortality``).
-- ``phenotyping``: all stays; 25 phenotypes of the admission; EHR of the whole stay.
-- ``decompensation``: hourly from 4 h while alive in the ICU; death within the next 24 h.
-- ``length_of_stay``: hourly from 4 h; remaining ICU stay in 10 buckets (<1, 1-2, ..., 7-8,
+- ``phenotyping``: all stays; 25 phenotypes of the admission; predicted at ICU discharge.
+- ``decompensation``: every whole hour t > 4 h while alive in the ICU, over the whole stay;
+  death in less than 24 h after t.
+- ``length_of_stay``: the same hours; remaining ICU stay in 10 buckets (<1, 1-2, ..., 7-8,
   8-14, >14 days); ``remaining_hours`` kept for the MAD metric.
 - ``length_of_stay_7``: CareBench: stays with >= 48 h; total LoS [2,3), ..., [6,7), [7,14),
   >= 14 days (= remaining stay after 48 h in 7 buckets); EHR first 48 h.
@@ -25,6 +26,10 @@ import pandas as pd
 
 from preprocessing.config import PreprocessConfig
 from preprocessing.schemas import CHEXPERT_LABELS
+
+# Version of the ``samples`` stage (this module and preprocessing/cxr_select.py). Bump it when
+# a change alters what the stage writes; tests/test_stage_versions.py holds its golden hash.
+STAGE_VERSION = 2
 
 LOS_EDGES_DAYS = (1, 2, 3, 4, 5, 6, 7, 8, 14)
 LOS7_EDGES_DAYS = (3, 4, 5, 6, 7, 14)
@@ -77,7 +82,7 @@ def mortality(stays: pd.DataFrame, config: PreprocessConfig, icu: bool) -> pd.Da
 def phenotyping(stays: pd.DataFrame, phenotype_labels: pd.DataFrame,
                 config: PreprocessConfig) -> pd.DataFrame:
     """25 phenotypes of the admission, predicted from the whole stay."""
-    frame = _base(stays, np.minimum(stays["los_hours"].to_numpy(), config.max_hours))
+    frame = _base(stays, stays["los_hours"].to_numpy())
     values = phenotype_labels.reindex(stays["hadm_id"]).fillna(0).to_numpy(np.float32)
     for k in range(values.shape[1]):
         frame[f"label_{k}"] = values[:, k]
@@ -85,11 +90,15 @@ def phenotyping(stays: pd.DataFrame, phenotype_labels: pd.DataFrame,
 
 
 def _hourly_grid(stays: pd.DataFrame, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(stay row, hour) for hours = 4, 5, ... strictly before ICU discharge and death."""
+    """(stay row, hour) for whole hours t > 4 strictly before ICU discharge and death.
+
+    The whole stay is sampled (mimic3-benchmarks); ``max_hours`` only limits the EHR
+    history each sample carries (see the labels stage).
+    """
     los = stays["los_hours"].to_numpy()
     death_h = ((stays["death_time"] - stays["intime"]) / pd.Timedelta(hours=1)).to_numpy()
-    end = np.fmin(np.fmin(los, np.where(np.isnan(death_h), np.inf, death_h)), config.max_hours)
-    first = config.hourly_min_hours
+    end = np.fmin(los, np.where(np.isnan(death_h), np.inf, death_h))
+    first = config.hourly_min_hours + 1  # mimic3-benchmarks: t > shortest_length
     count = np.maximum(np.ceil(end - first).astype(np.int64), 0)  # t < end
     rows = np.repeat(np.arange(len(stays)), count)
     hours = first + np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
@@ -103,7 +112,8 @@ def decompensation(stays: pd.DataFrame, config: PreprocessConfig) -> pd.DataFram
     frame = _base(sub, hours)
     death_h = ((sub["death_time"] - sub["intime"]) / pd.Timedelta(hours=1)).to_numpy()
     horizon = config.decompensation_horizon_hours
-    frame["label_0"] = ((death_h > hours) & (death_h <= hours + horizon)).astype(np.float32)
+    # mimic3-benchmarks: lived_time - t < future_time_interval (strict)
+    frame["label_0"] = ((death_h > hours) & (death_h - hours < horizon)).astype(np.float32)
     return frame
 
 

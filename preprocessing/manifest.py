@@ -44,7 +44,7 @@ def task_counts(out: Path) -> dict:
 
 
 def write_manifest(out: Path, config: PreprocessConfig, files: dict, markers: dict,
-                   cached: list[str]) -> dict:
+                   cached: list[str], rebuilt: dict[str, str] | None = None) -> dict:
     """Write ``out/manifest.json``: schema, config, counts, skipped items, timings, provenance."""
     import ray
 
@@ -62,18 +62,24 @@ def write_manifest(out: Path, config: PreprocessConfig, files: dict, markers: di
         "cohort": {"stays": markers["cohort"]["summary"]["stays"],
                    "patients": markers["cohort"]["summary"]["patients"],
                    "exclusions": markers["cohort"]["summary"]["exclusions"]},
+        "phenotype_coding": markers["cohort"]["summary"].get("phenotype_coding"),
         "ehr": {"features": ehr["features"], "n_features": len(ehr["features"]),
                 "resample_hours": config.resample_hours, "imputations": list(config.imputations),
                 "feature_dirs": {s: f"ehr/features_{s}" for s in config.imputations},
                 "dropped_out_of_range": ehr.get("out_of_range", {}),
-                "blank_values": ehr.get("blank", 0), "events_kept": ehr.get("events_kept")},
+                "blank_values": ehr.get("blank", 0), "events_kept": ehr.get("events_kept"),
+                "before_intime_kept": ehr.get("before_intime_kept"),
+                "before_intime_dropped": ehr.get("before_intime_dropped"),
+                "outside_stay": ehr.get("outside_stay"),
+                "events_required": markers["labels"]["summary"].get("ehr_events")},
         "cxr": {"file": "cxr/images.parquet", "image_size": config.cxr_image_size,
                 "written": markers["cxr"]["summary"]["written"],
                 "skipped": markers["cxr"]["summary"]["skipped"],
                 "skipped_list": "cxr/skipped.json"},
-        "stages": {name: {"key": m["key"], "seconds": m["seconds"]}
-                   for name, m in markers.items()},
+        "stages": {name: {"key": m["key"], "version": m.get("version", 1),
+                          "seconds": m["seconds"]} for name, m in markers.items()},
         "cached_stages": cached,
+        "rebuilt_stages": rebuilt or {},
         "provenance": {
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "raybench_version": __version__, "git_sha": _git_sha(),
@@ -100,6 +106,20 @@ def summarise(manifest: dict) -> None:
     stages = ", ".join(f"{k} {v['seconds']:.1f}s" for k, v in manifest["stages"].items())
     cached = manifest["cached_stages"]
     console.print(f"stages: {stages}" + (f" (cached: {', '.join(cached)})" if cached else ""))
+    for name, reason in manifest.get("rebuilt_stages", {}).items():
+        console.print(f"stage {name} rebuilt: {reason}")
+    required = manifest["ehr"].get("events_required") or {}
+    if required:
+        action = "dropped" if required["dropped"] else "kept (masks all zero)"
+        counts = ", ".join(f"{t} {n}" for t, n in required["samples_without_events"].items()
+                           if n)
+        console.print(f"stays without any EHR event: {required['stays_without_events']}; "
+                      f"samples without an event in their window, {action}: {counts or 'none'}")
+    coding = manifest.get("phenotype_coding") or {}
+    if coding.get("unknown_distinct_codes"):
+        unknown = sum(v["unknown"] for v in coding["by_version"].values())
+        console.print(f"diagnosis codes unknown to the phenotype sources: {unknown} rows, "
+                      f"{coding['unknown_distinct_codes']} distinct codes (see manifest)")
     console.print(f"CXR images written {manifest['cxr']['written']}, "
                   f"skipped {manifest['cxr']['skipped']}; cohort {manifest['cohort']['stays']} "
                   f"stays of {manifest['cohort']['patients']} patients")

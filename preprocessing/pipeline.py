@@ -6,9 +6,11 @@ Stages (each cached and written atomically, see :mod:`preprocessing.stages`):
 2. ``samples`` samples and labels of every task, with the chosen CXR of each sample
 3. ``cxr``     the chosen AP images decoded at reduced scale and resized (Ray Data)
 4. ``ehr``     events -> bins -> imputed, normalised features with masks (Ray Data)
-5. ``labels``  final per-task label files pointing at image rows and EHR lengths
+5. ``labels``  final per-task label files pointing at image rows and EHR windows
 
-Then ``manifest.json`` and a summary table.
+Each stage has a version (``STAGE_VERSION`` in its module) that is part of its cache key, so
+a code change that bumps it rebuilds the stage; the console and the manifest say why a stage
+was rebuilt. Then ``manifest.json`` and a summary table.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from preprocessing import cohort as cohort_module
+from preprocessing import cxr_images as cxr_module
+from preprocessing import ehr_features as ehr_module
+from preprocessing import label_files
 from preprocessing import labels as L
 from preprocessing.cohort import SPLITS, build_cohort
 from preprocessing.config import PreprocessConfig, load_config
@@ -35,16 +41,26 @@ from preprocessing.ehr_features import (
     train_statistics,
 )
 from preprocessing.manifest import summarise, write_manifest
-from preprocessing.phenotypes import label_admissions, phenotype_names
+from preprocessing.phenotypes import coding_summary, label_admissions, resource_digest
 from preprocessing.raw_io import check_inputs, read_table
-from preprocessing.stages import fingerprint, run_stage, stage_key
+from preprocessing.stages import (
+    fingerprint,
+    outputs_digest,
+    rebuild_reason,
+    run_stage,
+    stage_key,
+)
 from raybench.errors import RaybenchError
 
 COHORT_FIELDS = ("min_age", "exclude_transfers", "exclude_multi_stay_admissions",
-                 "split_fractions", "split_seed")
+                 "count_stays_after_transfer_filter", "split_fractions", "split_seed")
 SAMPLE_FIELDS = ("mortality_hours", "hourly_min_hours", "decompensation_horizon_hours",
-                 "cxr_lookback_hours", "radiology_uncertain", "max_hours")
-EHR_FIELDS = ("resample_hours", "max_hours", "imputations")
+                 "cxr_lookback_hours", "radiology_uncertain")
+EHR_FIELDS = ("resample_hours", "pre_intime_hours", "imputations")
+LABEL_FIELDS = ("resample_hours", "max_hours", "require_ehr_events")
+STAGE_VERSIONS = {"cohort": cohort_module.STAGE_VERSION, "samples": L.STAGE_VERSION,
+                  "cxr": cxr_module.STAGE_VERSION, "ehr": ehr_module.STAGE_VERSION,
+                  "labels": label_files.STAGE_VERSION}
 
 
 def _ray(config: PreprocessConfig):
@@ -81,6 +97,7 @@ def _cohort_stage(files, config):
         diagnoses = read_table(files["diagnoses_icd"], _schema("diagnoses_icd"),
                                ("hadm_id", "icd_code", "icd_version"))
         phenos = label_admissions(diagnoses, stays["hadm_id"].to_numpy())
+        coding = coding_summary(diagnoses, stays["hadm_id"].to_numpy())
         stays.to_parquet(tmp / "stays.parquet", index=False)
         phenos.reset_index().to_parquet(tmp / "phenotypes.parquet", index=False)
         (tmp / "splits").mkdir()
@@ -88,7 +105,7 @@ def _cohort_stage(files, config):
             stays.loc[stays["split"] == split, ["stay_id"]].to_csv(
                 tmp / "splits" / f"{split}_stay_ids.csv", index=False)
         return {"stays": len(stays), "exclusions": exclusions,
-                "patients": int(stays["subject_id"].nunique())}
+                "patients": int(stays["subject_id"].nunique()), "phenotype_coding": coding}
     return build
 
 
@@ -144,15 +161,15 @@ def _cxr_stage(out: Path, cxr_root: Path, config, progress):
 def _ehr_stage(out: Path, files, config, progress):
     def build(tmp: Path) -> dict:
         stays = pd.read_parquet(out / "cohort" / "stays.parquet")
-        events, stats = extract_events(files, stays, config.max_hours)
+        events, stats = extract_events(files, stays, config.pre_intime_hours)
         work = tmp / "_work"
         n_parts = max(2 * (config.num_cpus or os.cpu_count() or 1), -(-len(stays) // 1000))
         n_parts = min(n_parts, len(stays))
         parts = write_partitions(events, stays, work, n_parts)
         del events
-        step, max_h = config.resample_hours, config.max_hours
+        step = config.resample_hours
         _parallel(config, [{"part": p} for p in parts],
-                  lambda r: bin_partition(work, r["part"], step, max_h), progress,
+                  lambda r: bin_partition(work, r["part"], step), progress,
                   "EHR: binning stays")
         norm = train_statistics(work, parts)
         (tmp / "normalization.json").write_text(json.dumps(norm, indent=2) + "\n")
@@ -168,7 +185,7 @@ def _ehr_stage(out: Path, files, config, progress):
             os.replace(work / f"hourly-{p:05d}.parquet", hourly / f"part-{p:05d}.parquet")
         shutil.rmtree(work)
         lengths = stays[["stay_id"]].assign(
-            n_steps=n_bins(stays["los_hours"].to_numpy(), step, max_h))
+            n_steps=n_bins(stays["los_hours"].to_numpy(), step))
         lengths.to_parquet(tmp / "stay_lengths.parquet", index=False)
         return {"features": feature_names(), "rows": int(lengths["n_steps"].sum()), **stats}
     return build
@@ -176,22 +193,7 @@ def _ehr_stage(out: Path, files, config, progress):
 
 def _labels_stage(out: Path, config):
     def build(tmp: Path) -> dict:
-        index = pd.read_parquet(out / "samples" / "cxr_index.parquet")
-        written = pd.read_parquet(out / "cxr" / "images.parquet", columns=["cxr_index"])
-        ok = index[index["cxr_index"].isin(written["cxr_index"])]
-        to_row = pd.Series(ok["cxr_index"].to_numpy(), index=ok["dicom_id"].to_numpy())
-        lengths = pd.read_parquet(out / "ehr" / "stay_lengths.parquet").set_index("stay_id")
-        tasks = L.task_definitions(phenotype_names())
-        for name in tasks:
-            frame = pd.read_parquet(out / "samples" / f"{name}.parquet")
-            cxr = to_row.reindex(frame["dicom_id"].astype(object)).to_numpy()
-            frame["cxr_index"] = np.nan_to_num(cxr.astype(float), nan=-1).astype(np.int32)
-            steps = np.floor(frame["ehr_hours"].to_numpy() / config.resample_hours)
-            cap = lengths["n_steps"].reindex(frame["stay_id"]).to_numpy()
-            frame["n_steps"] = np.clip(steps, 1, cap).astype(np.int32)
-            frame = frame.drop(columns=["dicom_id"])
-            frame.to_parquet(tmp / f"{name}.parquet", index=False)
-        return {"tasks": sorted(tasks)}
+        return label_files.build_label_files(out, tmp, config)
     return build
 
 
@@ -208,29 +210,56 @@ def run_preprocess(mimic_iv: Path, mimic_cxr: Path, out: Path,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RaybenchError(f"cannot create output directory {out}: {exc.strerror}") from None
-    inputs = fingerprint(list(files.values()))
-    k_cohort = stage_key("cohort", inputs, config.digest(*COHORT_FIELDS))
-    k_samples = stage_key("samples", k_cohort, config.digest(*SAMPLE_FIELDS))
-    k_cxr = stage_key("cxr", k_samples, str(config.cxr_image_size))
-    k_ehr = stage_key("ehr", k_cohort, config.digest(*EHR_FIELDS))
-    k_labels = stage_key("labels", k_samples, k_cxr, k_ehr)
-    markers, skipped = {}, []
+    def inputs(*names: str) -> str:
+        return fingerprint([files[n] for n in names])
+
+    markers: dict = {}
+
+    def upstream(name: str, *prefixes: str) -> str:
+        return outputs_digest(out, name, markers[name], *prefixes)
+
+    # Each key: stage version, settings used, raw inputs read, digests of upstream files read.
+    keys = {
+        "cohort": lambda: stage_key(
+            "cohort", f"v{STAGE_VERSIONS['cohort']}", config.digest(*COHORT_FIELDS),
+            inputs("icustays", "admissions", "patients", "diagnoses_icd"), resource_digest()),
+        "samples": lambda: stage_key(
+            "samples", f"v{STAGE_VERSIONS['samples']}", config.digest(*SAMPLE_FIELDS),
+            inputs("cxr_metadata", "cxr_chexpert"), upstream("cohort")),
+        "cxr": lambda: stage_key(
+            "cxr", f"v{STAGE_VERSIONS['cxr']}", str(config.cxr_image_size),
+            upstream("samples", "cxr_index.parquet")),
+        "ehr": lambda: stage_key(
+            "ehr", f"v{STAGE_VERSIONS['ehr']}", config.digest(*EHR_FIELDS),
+            inputs("chartevents", "labevents"), upstream("cohort", "stays.parquet")),
+        "labels": lambda: stage_key(
+            "labels", f"v{STAGE_VERSIONS['labels']}", config.digest(*LABEL_FIELDS),
+            upstream("samples"), upstream("cxr"),
+            upstream("ehr", "stay_lengths.parquet", "hourly/")),
+    }
+    skipped, rebuilt = [], {}
     with progress_bar() as progress:
         progress.disable = not show
-        for name, key, build in (
-            ("cohort", k_cohort, _cohort_stage(files, config)),
-            ("samples", k_samples, _samples_stage(out, files, config)),
-            ("cxr", k_cxr, _cxr_stage(out, Path(mimic_cxr), config, progress)),
-            ("ehr", k_ehr, _ehr_stage(out, files, config, progress)),
-            ("labels", k_labels, _labels_stage(out, config)),
+        for name, build in (
+            ("cohort", _cohort_stage(files, config)),
+            ("samples", _samples_stage(out, files, config)),
+            ("cxr", _cxr_stage(out, Path(mimic_cxr), config, progress)),
+            ("ehr", _ehr_stage(out, files, config, progress)),
+            ("labels", _labels_stage(out, config)),
         ):
+            key = keys[name]()
+            reason = rebuild_reason(out, name, key, STAGE_VERSIONS[name])
+            if reason is not None and reason != "not built yet":
+                rebuilt[name] = reason
+                if show:
+                    progress.console.print(f"stage {name}: rebuilding ({reason})")
             task = progress.add_task(f"stage {name}", total=1)
-            markers[name], was_done = run_stage(out, name, key, build)
+            markers[name], was_done = run_stage(out, name, key, build, STAGE_VERSIONS[name])
             progress.update(task, completed=1,
                             description=f"stage {name}" + (" (cached)" if was_done else ""))
             if was_done:
                 skipped.append(name)
-    manifest = write_manifest(out, config, files, markers, skipped)
+    manifest = write_manifest(out, config, files, markers, skipped, rebuilt)
     if show:
         summarise(manifest)
     return manifest

@@ -141,6 +141,10 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 VARIABLES_BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
+# Admission measurements that describe the patient rather than the hour: charted at any time
+# before ICU admission in the stay, they still seed the first bin (mimic3-benchmarks reads
+# height and weight from the whole episode).
+STATIC = ("height", "weight")
 CONTINUOUS = tuple(v.name for v in VARIABLES if v.kind == "continuous")
 CATEGORICAL = tuple(v.name for v in VARIABLES if v.kind == "categorical")
 

@@ -2,8 +2,9 @@
 
 :func:`load_prepared` reads one task of a prepared dataset into plain numpy arrays
 (:class:`PreparedTask`): the EHR feature matrix of all stays, the CXR images as uint8, and
-per sample the row where its stay starts, its number of EHR steps, its image row and its
-label. Hourly samples of a stay share the stay's rows (a prefix), so series are never copied.
+per sample the row where its EHR window starts, its number of EHR steps, its image row and
+its label. Samples of a stay share the stay's rows (each sample is a window of them: the
+last ``max_hours`` of bins before its prediction time), so series are never copied.
 The arrays can be put once in the Ray object store and read zero-copy by every trial on a
 node. :func:`iterate_batches` gathers batches with vectorised indexing and applies the
 anchors' CXR augmentation (random affine + horizontal flip, then centre crop and ImageNet
@@ -43,7 +44,7 @@ class PreparedTask:
     feature_names: list[str]
     ehr: np.ndarray  # float32 [rows + 1, F], all stays by (stay_id, step), then a zero row
     images: np.ndarray  # uint8 [M, S, S]
-    ehr_start: np.ndarray  # int64 [N]
+    ehr_start: np.ndarray  # int64 [N], first EHR row of the sample's window
     n_steps: np.ndarray  # int32 [N]
     image_row: np.ndarray  # int32 [N], -1 = no image
     y: np.ndarray  # float32 [N, K] (binary / multilabel) or int64 [N] (multiclass)
@@ -143,13 +144,17 @@ def load_prepared(dataset: Path, task: str, imputation: str = "medmod",
         y = labels["label_0"].to_numpy(np.int64)
     else:
         y = labels[label_cols].to_numpy(np.float32)
+    # A sample's EHR is the window [first_step, first_step + n_steps) of its stay's bins
+    # (the last max_hours before its prediction time); older datasets start at bin 0.
+    first_step = (labels["first_step"].to_numpy(np.int64) if "first_step" in labels
+                  else np.zeros(len(labels), np.int64))
     cohort = pd.read_parquet(dataset / "cohort" / "stays.parquet",
                              columns=["stay_id", *GROUP_COLUMNS]).set_index("stay_id")
     groups = cohort.reindex(labels["stay_id"])
     return PreparedTask(
         task=task, kind=meta["kind"], label_names=list(meta["labels"]),
         feature_names=shared.feature_names, ehr=shared.ehr, images=shared.images,
-        ehr_start=shared.starts[pos].astype(np.int64),
+        ehr_start=shared.starts[pos].astype(np.int64) + first_step,
         n_steps=labels["n_steps"].to_numpy(np.int32), image_row=image_row.astype(np.int32),
         y=y, split=labels["split"].map(SPLIT_CODES).to_numpy(np.int8),
         stay_id=labels["stay_id"].to_numpy(np.int64),

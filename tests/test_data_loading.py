@@ -25,20 +25,26 @@ def decompensation(prepared_small):
     return load_prepared(prepared_small, "decompensation")
 
 
-def test_hourly_samples_are_prefixes_of_their_stay(decompensation, prepared_small):
+def test_hourly_samples_are_windows_of_their_stay(decompensation, prepared_small):
     data = decompensation
     features = pd.read_parquet(prepared_small / "ehr" / "features_medmod")
-    stay = data.stay_id[0]
+    labels = pd.read_parquet(prepared_small / "labels" / "decompensation.parquet")
+    late = int(np.argmax(labels["ehr_hours"].to_numpy()))  # the planted stay past max_hours
+    stay = data.stay_id[late]
     rows = features[features.stay_id == stay].drop(columns=["stay_id", "step"]).to_numpy()
-    same_stay = np.flatnonzero(data.stay_id == stay)[:3]
+    same_stay = np.r_[np.flatnonzero(data.stay_id == stay)[:3], late]
     batch = make_batch(data, same_stay, LoaderConfig(max_len=1000), train=False)
     for i, sample in enumerate(same_stay):
-        k = int(data.n_steps[sample])
+        k, first = int(data.n_steps[sample]), int(labels["first_step"].iloc[sample])
         assert batch["ehr_lengths"][i] == k
-        assert np.allclose(batch["ehr"][i, :k].numpy(), rows[:k])
+        assert np.allclose(batch["ehr"][i, :k].numpy(), rows[first:first + k])
         assert (batch["ehr"][i, k:] == 0).all()  # right padding
+    # Past max_hours a sample carries the last 336 bins before its hour, not the first ones.
+    assert labels["ehr_hours"].iloc[late] > 336
+    assert data.n_steps[late] == 336 and labels["first_step"].iloc[late] > 0
+    assert labels["first_step"].iloc[late] + 336 == int(labels["ehr_hours"].iloc[late])
     # The matrix holds each stay's series once (+ one zero padding row), although the
-    # hourly samples together cover far more steps: samples are prefixes, not copies.
+    # hourly samples together cover far more steps: samples are windows, not copies.
     assert len(data.ehr) == len(features) + 1
     assert data.n_steps.sum() > 5 * len(features)
 

@@ -59,7 +59,7 @@ def test_binning_keeps_last_value_per_bin_and_sums_gcs(tmp_path):
         "value": np.array([80, 90, 3, 4, 5, 60], dtype=np.float32),
     })
     _write_part(tmp_path, stays, events)
-    bin_partition(tmp_path, 0, step=1, max_hours=48)
+    bin_partition(tmp_path, 0, step=1)
     hourly = pd.read_parquet(tmp_path / "hourly-00000.parquet")
     assert hourly["stay_id"].tolist() == [1, 1, 1, 1, 2]  # ceil(3.5) = 4 bins, then 1 bin
     assert hourly["heart_rate"].tolist()[0] == 90  # last value in the bin
@@ -93,3 +93,59 @@ def test_normalisation_uses_train_split_only(tmp_path):
     assert stats["mean"]["heart_rate"] == 90.0
     assert stats["median"]["heart_rate"] == 90.0
     assert stats["observed"]["heart_rate"] == 2
+
+
+INTIME = pd.Timestamp("2150-01-01 10:00:30")  # MIMIC-IV intime has seconds
+
+
+def _extract_by_hand(tmp_path, chart_rows, lab_rows, pre_intime_hours=2.0):
+    """Run extraction and binning on hand-written chartevents/labevents of one 10 h stay."""
+    from preprocessing.ehr_extract import extract_events, write_partitions
+
+    stays = pd.DataFrame({"stay_id": [7], "hadm_id": [70], "intime": [INTIME],
+                          "los_hours": [10.0], "split": ["train"]})
+    chart = pd.DataFrame(chart_rows, columns=["charttime", "itemid", "valuenum"])
+    chart = chart.assign(stay_id=7, value=chart["valuenum"].astype(str))
+    labs = pd.DataFrame(lab_rows, columns=["charttime", "itemid", "valuenum"]).assign(hadm_id=70)
+    files = {"chartevents": tmp_path / "chartevents.csv.gz",
+             "labevents": tmp_path / "labevents.csv.gz"}
+    for frame, path in ((chart, files["chartevents"]), (labs, files["labevents"])):
+        frame.to_csv(path, index=False, date_format="%Y-%m-%d %H:%M:%S")
+    events, stats = extract_events(files, stays, pre_intime_hours)
+    work = tmp_path / "work"
+    write_partitions(events, stays, work, 1)
+    bin_partition(work, 0, step=1)
+    return pd.read_parquet(work / "hourly-00000.parquet"), stats
+
+
+def test_events_charted_before_intime_reach_the_first_bin(tmp_path):
+    at = lambda hm: pd.Timestamp(f"2150-01-01 {hm}")  # noqa: E731
+    hourly, stats = _extract_by_hand(tmp_path, [
+        (at("10:00:00"), V.ITEM_HEIGHT_CM, 180.0),  # 30 s before intime (minute precision)
+        (at("02:00:00"), V.ITEM_WEIGHT_ADMIT, 80.0),  # static: any time before intime
+        (at("07:00:00"), 220045, 50.0),  # 3 h before: outside the 2 h window
+        (at("09:30:00"), 220045, 60.0),  # inside the window ...
+        (at("10:20:00"), 220045, 70.0),  # ... but a later value in bin 0 wins
+        (at("08:45:00"), 220210, 22.0),  # 1.25 h before: inside the window, alone in bin 0
+        (at("21:00:00"), 220277, 95.0),  # after outtime: dropped
+    ], [
+        (at("09:50:00"), 50931, 140.0),  # lab before intime: labs have no stay_id, dropped
+        (at("12:00:00"), 50931, 150.0),  # lab inside the stay: bin 1
+    ])
+    first = hourly.iloc[0]
+    assert first["height"] == 180.0 and first["weight"] == 80.0
+    assert first["heart_rate"] == 70.0 and first["resp_rate"] == 22.0
+    assert np.isnan(first["glucose"]) and hourly["glucose"].iloc[1] == 150.0
+    assert not (hourly["heart_rate"] == 50.0).any() and hourly["spo2"].isna().all()
+    assert len(hourly) == 10 and first["n_observed"] == 4
+    assert stats["before_intime_kept"] == 4 and stats["before_intime_dropped"] == 2
+    assert stats["outside_stay"] == 3
+
+
+def test_pre_intime_window_is_a_setting(tmp_path):
+    at = lambda hm: pd.Timestamp(f"2150-01-01 {hm}")  # noqa: E731
+    rows = [(at("06:00:00"), 220045, 50.0), (at("09:59:00"), 220045, 60.0)]
+    wide, _ = _extract_by_hand(tmp_path, rows, [], pre_intime_hours=6.0)
+    none, _ = _extract_by_hand(tmp_path, rows, [], pre_intime_hours=0.0)
+    assert wide["heart_rate"].iloc[0] == 60.0  # both kept, the later one wins
+    assert np.isnan(none["heart_rate"].iloc[0])  # even the 1.5 min early value is dropped

@@ -47,20 +47,41 @@ def test_mortality_death_at_47h_excluded_death_at_49h_positive():
 
 def test_decompensation_samples_stop_at_death_and_label_24h_ahead():
     frame = L.decompensation(_stays([{"los_hours": 30, "death_hours": 30}]), CONFIG)
-    assert frame["ehr_hours"].tolist() == list(range(4, 30))
+    assert frame["ehr_hours"].tolist() == list(range(5, 30))  # t > 4 h, before death
     positive = frame.loc[frame["label_0"] == 1, "ehr_hours"]
-    assert positive.min() == 6 and positive.max() == 29  # death within (t, t + 24]
+    assert positive.min() == 7 and positive.max() == 29  # death - t < 24 h (strict)
+
+
+def test_decompensation_samples_the_whole_stay_beyond_max_hours():
+    frame = L.decompensation(_stays([{"los_hours": 489, "death_hours": 489}]), CONFIG)
+    assert CONFIG.max_hours == 336 and frame["ehr_hours"].max() == 488
+    positive = frame.loc[frame["label_0"] == 1, "ehr_hours"]
+    assert positive.tolist() == list(range(466, 489))
+    los = L.length_of_stay(_stays([{"los_hours": 500.5}]), CONFIG)
+    assert los["ehr_hours"].max() == 500 and los["remaining_hours"].min() == 0.5
+
+
+def test_samples_beyond_max_hours_carry_the_last_max_hours_of_ehr():
+    from preprocessing.label_files import ehr_windows
+
+    hours = np.array([5.0, 336.0, 488.0, 488.0, 0.4])
+    stay_bins = np.array([490, 490, 490, 400, 3])
+    first, n = ehr_windows(hours, stay_bins, step=1, max_hours=336)
+    assert n.tolist() == [5, 336, 336, 336, 1]
+    assert first.tolist() == [0, 0, 152, 64, 0]  # the window never passes the stay's end
+    first2, n2 = ehr_windows(hours, stay_bins, step=2, max_hours=336)
+    assert n2.tolist() == [2, 168, 168, 168, 1] and first2.tolist()[2] == 244 - 168
 
 
 def test_length_of_stay_bucket_edges():
-    stays = _stays([{"los_hours": 4 + 24}, {"los_hours": 4 + 8 * 24}, {"los_hours": 4 + 14 * 24}])
-    frame = L.length_of_stay(stays, CONFIG.model_copy(update={"max_hours": 24 * 30}))
-    at_4h = frame[frame["ehr_hours"] == 4].set_index("stay_id")
+    stays = _stays([{"los_hours": 5 + 24}, {"los_hours": 5 + 8 * 24}, {"los_hours": 5 + 14 * 24}])
+    frame = L.length_of_stay(stays, CONFIG)
+    at_5h = frame[frame["ehr_hours"] == 5].set_index("stay_id")
     # remaining exactly 1 day -> bucket 1 (1-2 d); 8 days -> 8 (8-14 d); 14 days -> 9 (>14 d)
-    assert at_4h["label_0"].to_dict() == {100: 1, 101: 8, 102: 9}
+    assert at_5h["label_0"].to_dict() == {100: 1, 101: 8, 102: 9}
     first = frame[frame["stay_id"] == 100]
-    assert first.loc[first["ehr_hours"] == 5, "label_0"].item() == 0  # 23 h left
-    assert np.allclose(first["remaining_hours"], 28 - first["ehr_hours"])
+    assert first.loc[first["ehr_hours"] == 6, "label_0"].item() == 0  # 23 h left
+    assert np.allclose(first["remaining_hours"], 29 - first["ehr_hours"])
 
 
 def test_length_of_stay_7_buckets():

@@ -72,9 +72,12 @@ def test_images_and_ehr_are_model_ready(prepared_small):
     lengths = pd.read_parquet(prepared_small / "ehr" / "stay_lengths.parquet")
     assert len(features) == lengths["n_steps"].sum()
     assert not features.drop(columns=["stay_id", "step"]).isna().any().any()
-    labels = pd.read_parquet(prepared_small / "labels" / "phenotyping.parquet")
-    caps = lengths.set_index("stay_id")["n_steps"].reindex(labels["stay_id"]).to_numpy()
-    assert (labels["n_steps"].to_numpy() <= caps).all() and (labels["n_steps"] >= 1).all()
+    for task in ("phenotyping", "decompensation"):
+        labels = pd.read_parquet(prepared_small / "labels" / f"{task}.parquet")
+        caps = lengths.set_index("stay_id")["n_steps"].reindex(labels["stay_id"]).to_numpy()
+        ends = (labels["first_step"] + labels["n_steps"]).to_numpy()
+        assert (ends <= caps).all() and (labels["n_steps"] >= 1).all()
+        assert (labels["n_steps"] <= 336).all() and (labels["first_step"] >= 0).all()
 
 
 def test_normalisation_statistics_come_from_train_stays(prepared_small):

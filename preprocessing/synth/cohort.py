@@ -50,6 +50,7 @@ CAREUNITS = (
     "Trauma SICU (TSICU)",
     "Neuro Surgical Intensive Care Unit (Neuro SICU)",
 )
+LATE_DEATH_HOURS = 489.6  # the planted late ICU death (hours after intime)
 YEAR_GROUPS = ("2008 - 2010", "2011 - 2013", "2014 - 2016", "2017 - 2019", "2020 - 2022")
 
 # Phenotype short keys, in the order of preprocessing/resources/phenotypes.yaml.
@@ -167,6 +168,19 @@ def make_cohort(rng: np.random.Generator, n_patients: int) -> Cohort:
     p_death = _sigmoid(-2.7 + 1.2 * severity)
     dies = (rng.random(n_s) < p_death) & last_of_adm
     dies_in_icu = dies & (rng.random(n_s) < 0.75)
+    adult_stay = age[pat_of_stay] >= 18
+    # Planted: one stay longer than max_hours (336 h) that dies in the ICU at hour ~489.6.
+    single = last_of_adm & (stay_order == 0) & adult_stay
+    long_stay = int(np.flatnonzero(single)[0]) if single.any() else -1
+    if long_stay >= 0:
+        los_days[long_stay] = LATE_DEATH_HOURS / 24
+        dies[long_stay] = dies_in_icu[long_stay] = True
+    # Planted: one stay without any chart or lab event (mimic3-benchmarks drops such stays).
+    no_ehr = np.zeros(n_s, dtype=bool)
+    candidates = np.flatnonzero(single)
+    if len(candidates) > 1:
+        no_ehr[candidates[1]] = True
+    planted = np.flatnonzero(no_ehr | (np.arange(n_s) == long_stay))
 
     # Place stays in their admission: pre-ICU delay, then stays separated by 1-3 days.
     offset_h = np.zeros(n_s)
@@ -178,15 +192,21 @@ def make_cohort(rng: np.random.Generator, n_patients: int) -> Cohort:
         nxt = nxt[nxt < n_s]
         nxt = nxt[stay_order[nxt] == k + 1]
         cursor[nxt] = offset_h[nxt - 1] + los_days[nxt - 1] * 24 + rng.uniform(24, 72, len(nxt))
-    intime = (admittime[adm_of_stay] + pd.to_timedelta(offset_h, unit="h")).floor("min")
-    outtime = (intime + pd.to_timedelta(los_days * 24, unit="h")).floor("min")
+    # Like MIMIC-IV, intime and outtime have seconds while charttime is cut to the minute.
+    intime = (admittime[adm_of_stay] + pd.to_timedelta(offset_h, unit="h")).floor("s")
+    outtime = (intime + pd.to_timedelta(los_days * 24, unit="h")).floor("s")
     los = (outtime - intime) / pd.Timedelta(days=1)
-    careunit = np.array(CAREUNITS, dtype=object)[rng.integers(0, len(CAREUNITS), n_s)]
+    unit = rng.integers(0, len(CAREUNITS), n_s)
+    careunit = np.array(CAREUNITS, dtype=object)[unit]
     transfer = rng.random(n_s) < 0.05
-    last_unit = np.where(
-        transfer, np.array(CAREUNITS, dtype=object)[rng.integers(0, len(CAREUNITS), n_s)],
-        careunit,
-    )
+    # Planted: an admission whose first stay changes care unit and whose second does not; the
+    # reference filter order (transfers first, then stays per admission) keeps the second.
+    pairs = np.flatnonzero((stay_order == 0) & (n_stay[adm_of_stay] == 2) & adult_stay)
+    if len(pairs):
+        transfer[pairs[0]], transfer[pairs[0] + 1] = True, False
+    transfer[planted] = False
+    other_unit = (unit + rng.integers(1, len(CAREUNITS), n_s)) % len(CAREUNITS)
+    last_unit = np.where(transfer, np.array(CAREUNITS, dtype=object)[other_unit], careunit)
 
     # Death time: at ICU discharge for ICU deaths, else 1-10 days later on the ward.
     post_icu_days = rng.uniform(1, 10, n_s)
@@ -283,6 +303,7 @@ def make_cohort(rng: np.random.Generator, n_patients: int) -> Cohort:
     })
     stays = icustays[["subject_id", "hadm_id", "stay_id", "intime", "outtime"]].copy()
     stays["severity"] = severity
+    stays["no_ehr"] = no_ehr
     stays["dies"] = dies
     stays["dies_in_icu"] = dies_in_icu
     stays["deathtime"] = deathtime_stay

@@ -149,10 +149,22 @@ def chart_rows(rng: np.random.Generator, stays: pd.DataFrame) -> pd.DataFrame:
     rows.add(idx, t, np.where(rng.random(len(idx)) < 0.8, 225664, 220621),
              np.round(np.clip(glucose, 40, 900)))
 
+    # Vitals charted before intime: 20 % of stays inside the 2 h pre-intime window, 5 % far
+    # outside it (3-6 h before; preprocessing drops those).
+    for share, low, high in ((0.2, 0.1, 1.5), (0.05, 3.0, 6.0)):
+        idx = np.flatnonzero(rng.random(n) < share)
+        t = -rng.uniform(low, high, len(idx))
+        rows.add(idx, t, 220045, np.round(84 + 9 * sev[idx] + rng.normal(0, 8, len(idx))))
+
     weight = stays["weight_kg"].to_numpy()
     in_lbs = rng.random(n) < 0.1
     all_idx = np.arange(n)
-    t0 = np.minimum(rng.uniform(0.1, 2.0, n), los_h * 0.5)
+    # Admission weight and height are charted at the admission minute: seconds to ~2 h
+    # before intime (MIMIC-IV), and for 10 % of stays 3-12 h before it, outside the
+    # pre-intime window (only static variables may come from that far back).
+    t0 = -rng.uniform(0.005, 2.0, n)
+    early = rng.random(n) < 0.1
+    t0[early] = -rng.uniform(3.0, 12.0, int(early.sum()))
     rows.add(all_idx, t0, np.where(in_lbs, V.ITEM_WEIGHT_LB, V.ITEM_WEIGHT_ADMIT),
              np.round(np.where(in_lbs, weight * 2.20462, weight), 1))
     idx, t = _schedule(rng, los_h, np.full(n, 24.0), rng.random(n) < 0.5)
@@ -166,6 +178,7 @@ def chart_rows(rng: np.random.Generator, stays: pd.DataFrame) -> pd.DataFrame:
              np.round(np.where(in_inch, height / 2.54, height)[has_h]))
 
     events = rows.frame()
+    events = events[~stays["no_ehr"].to_numpy()[events["idx"].to_numpy()]].reset_index(drop=True)
     _corrupt(rng, events)
     return _to_chartevents(rng, events, stays)
 
@@ -249,6 +262,7 @@ def lab_rows(rng: np.random.Generator, stays: pd.DataFrame) -> pd.DataFrame:
             "ref_range_upper": hi,
         }))
     labs = pd.concat(frames, ignore_index=True)
+    labs = labs[~labs["hadm_id"].isin(stays.loc[stays["no_ehr"], "hadm_id"])]
     labs = labs.sort_values(["subject_id", "charttime", "itemid"], kind="stable")
     labs = labs.reset_index(drop=True)
     m = len(labs)
