@@ -44,7 +44,10 @@ from preprocessing.manifest import summarise, write_manifest
 from preprocessing.phenotypes import coding_summary, label_admissions, resource_digest
 from preprocessing.raw_io import check_inputs, read_table
 from preprocessing.stages import (
+    MARKER,
+    adopt,
     fingerprint,
+    output_digests,
     outputs_digest,
     rebuild_reason,
     run_stage,
@@ -197,6 +200,35 @@ def _labels_stage(out: Path, config):
     return build
 
 
+def _legacy_cxr_index(out: Path) -> str | None:
+    """Digest of the image index a pre-versioning ``cxr`` stage was built from, if any.
+
+    Read before the ``samples`` stage may rewrite the index: a directory prepared before
+    stage versions keeps its decoded images when the new index is byte-identical.
+    """
+    marker, index = out / "cxr" / MARKER, out / "samples" / "cxr_index.parquet"
+    if not (marker.is_file() and index.is_file()):
+        return None
+    try:
+        if "version" in json.loads(marker.read_text()):
+            return None
+    except (OSError, json.JSONDecodeError):
+        return None
+    return output_digests(index.parent)[index.name]
+
+
+def _same_images(out: Path, legacy_index: str | None, markers: dict, config) -> bool:
+    """True when a pre-versioning ``cxr`` stage holds exactly the images now asked for."""
+    if legacy_index is None or markers["samples"]["outputs"].get("cxr_index.parquet") \
+            != legacy_index:
+        return False
+    images = out / "cxr" / "images.parquet"
+    if not images.is_file():
+        return False
+    height = pd.read_parquet(images, columns=["height"])["height"]
+    return height.empty or int(height.iloc[0]) == config.cxr_image_size
+
+
 def run_preprocess(mimic_iv: Path, mimic_cxr: Path, out: Path,
                    config_path: Path | None = None, config: PreprocessConfig | None = None,
                    show: bool = True) -> dict:
@@ -237,6 +269,7 @@ def run_preprocess(mimic_iv: Path, mimic_cxr: Path, out: Path,
             upstream("samples"), upstream("cxr"),
             upstream("ehr", "stay_lengths.parquet", "hourly/")),
     }
+    legacy_index = _legacy_cxr_index(out)
     skipped, rebuilt = [], {}
     with progress_bar() as progress:
         progress.disable = not show
@@ -249,6 +282,9 @@ def run_preprocess(mimic_iv: Path, mimic_cxr: Path, out: Path,
         ):
             key = keys[name]()
             reason = rebuild_reason(out, name, key, STAGE_VERSIONS[name])
+            if name == "cxr" and reason and _same_images(out, legacy_index, markers, config):
+                adopt(out, "cxr", key, STAGE_VERSIONS["cxr"])
+                reason = None
             if reason is not None and reason != "not built yet":
                 rebuilt[name] = reason
                 if show:

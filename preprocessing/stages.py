@@ -90,6 +90,15 @@ def rebuild_reason(out: Path, name: str, key: str, version: int) -> str | None:
     return "settings or inputs changed"
 
 
+def adopt(out: Path, name: str, key: str, version: int) -> dict:
+    """Mark a finished stage as built with ``key``/``version`` (its files are kept as they are)."""
+    path = out / name / MARKER
+    marker = json.loads(path.read_text())
+    marker.update(key=key, version=version, outputs=output_digests(out / name))
+    path.write_text(json.dumps(marker, indent=2, sort_keys=True, default=str) + "\n")
+    return marker
+
+
 def run_stage(out: Path, name: str, key: str, build: Callable[[Path], dict],
               version: int = 1) -> tuple[dict, bool]:
     """Run ``build(tmp_dir)`` unless the stage is done; returns (marker, skipped)."""
