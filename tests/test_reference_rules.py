@@ -102,3 +102,17 @@ def test_stays_without_events_are_dropped_by_default_or_kept_with_empty_masks(
     masks = features.loc[features.stay_id == empty, [c for c in features if c.startswith("mask:")]]
     assert len(masks) > 0 and (masks.to_numpy() == 0).all()  # the masks say: nothing observed
     assert np.isfinite(features.loc[features.stay_id == empty].drop(columns="stay_id")).all().all()
+
+
+def test_counting_every_stay_is_an_option(synth_small, prepared_small):
+    from preprocessing.cohort import build_cohort
+    from preprocessing.raw_io import check_inputs
+
+    files = check_inputs(synth_small / "mimic-iv", synth_small / "mimic-cxr-jpg")
+    stays, exclusions = build_cohort(
+        files, PreprocessConfig(count_stays_after_transfer_filter=False))
+    step = next(e for e in exclusions if e["filter"].startswith("one ICU stay"))
+    assert "counted over all stays" in step["filter"]
+    assert len(stays) == step["cohort_if_counted_over_all_stays"]
+    reference = pd.read_parquet(prepared_small / "cohort" / "stays.parquet")
+    assert set(stays.stay_id) < set(reference.stay_id)
