@@ -1,5 +1,11 @@
 """The base cohort: adult ICU stays after the documented exclusions, with patient-level splits.
 
+Raw rows first: an exact duplicate row of ``icustays``, ``admissions`` or ``patients`` is
+dropped and counted (``duplicates_dropped`` in the manifest); rows sharing a key (stay_id,
+hadm_id, subject_id) with different values are refused (see
+:func:`preprocessing.raw_io.read_keyed_table`), since either would otherwise shrink or grow
+the cohort silently.
+
 Exclusions (each counted in the manifest, in this order, which is mimic3-benchmarks' and
 MedFuse's): stays whose ``outtime`` is not after ``intime``; care-unit transfers
 (``first_careunit != last_careunit``); admissions with more than one ICU stay, counted
@@ -17,7 +23,7 @@ import pandas as pd
 
 from preprocessing import schemas as S
 from preprocessing.config import PreprocessConfig
-from preprocessing.raw_io import REQUIRED_COLUMNS, read_table
+from preprocessing.raw_io import REQUIRED_COLUMNS, read_keyed_table
 from preprocessing.synth.cohort import race_group
 from raybench.errors import RaybenchError
 
@@ -47,20 +53,39 @@ def assign_splits(subject_ids: np.ndarray, fractions, seed: int) -> np.ndarray:
     return np.array(SPLITS, dtype=object)[np.searchsorted(edges, u, side="right")]
 
 
-def build_cohort(files: dict[str, Path], config: PreprocessConfig) -> tuple[pd.DataFrame, list]:
+def read_cohort_tables(files: dict[str, Path]) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                         pd.DataFrame, dict[str, int]]:
+    """icustays, admissions, patients (with ``dod``) and the exact duplicates dropped."""
+    dropped = {}
+    tables = []
+    for name, schema, key, extra in (("icustays", S.ICUSTAYS, "stay_id", ()),
+                                     ("admissions", S.ADMISSIONS, "hadm_id", ()),
+                                     ("patients", S.PATIENTS, "subject_id", ("dod",))):
+        frame, dropped[name] = read_keyed_table(files[name], schema,
+                                                REQUIRED_COLUMNS[name] + extra, key)
+        tables.append(frame)
+    icu, adm, pat = tables
+    pat["dod"] = pd.to_datetime(pat["dod"], errors="coerce")
+    return icu, adm, pat, dropped
+
+
+def build_cohort(files: dict[str, Path], config: PreprocessConfig,
+                 duplicates: dict[str, int] | None = None) -> tuple[pd.DataFrame, list]:
     """Join icustays, admissions and patients; apply exclusions; add groups and split.
+
+    ``duplicates``, when given, receives the exact duplicate rows dropped per table.
 
     Returns:
         (stays, exclusions): one row per kept stay, and (filter, stays before, stays after)
         for each exclusion step.
 
     Raises:
-        RaybenchError: when a filter leaves no stay, naming that filter.
+        RaybenchError: when a filter leaves no stay, naming that filter; for conflicting
+        duplicate rows and unparsable values (see :func:`read_cohort_tables`).
     """
-    icu = read_table(files["icustays"], S.ICUSTAYS, REQUIRED_COLUMNS["icustays"])
-    adm = read_table(files["admissions"], S.ADMISSIONS, REQUIRED_COLUMNS["admissions"])
-    pat = read_table(files["patients"], S.PATIENTS, REQUIRED_COLUMNS["patients"])
-    pat = pat.merge(_dod(files["patients"]), on="subject_id", how="left")
+    icu, adm, pat, dropped = read_cohort_tables(files)
+    if duplicates is not None:
+        duplicates.update(dropped)
     stays = icu.merge(adm.drop(columns="subject_id"), on="hadm_id", how="inner")
     stays = stays.merge(pat, on="subject_id", how="inner")
     stays["age"] = stays["anchor_age"] + (stays["admittime"].dt.year - stays["anchor_year"])
@@ -137,9 +162,3 @@ def _single_stay(stays: pd.DataFrame, counted: pd.Series) -> pd.Series:
     """True for stays whose admission has exactly one stay among the ``counted`` ones."""
     per_adm = stays.loc[counted].groupby("hadm_id")["stay_id"].size()
     return stays["hadm_id"].map(per_adm).fillna(0).eq(1) & counted
-
-
-def _dod(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, usecols=["subject_id", "dod"], dtype={"subject_id": "int64"})
-    frame["dod"] = pd.to_datetime(frame["dod"], errors="coerce")
-    return frame

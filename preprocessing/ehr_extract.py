@@ -89,6 +89,7 @@ def extract_events(files: dict[str, Path], stays: pd.DataFrame, pre_intime_hours
     ).to_pandas()
     stats["chartevents_rows"] = len(chart)
     cleaned = _clean(chart, stats)
+    stats["chartevents_values"] = len(cleaned)
     chart = chart.loc[cleaned.index, ["stay_id", "charttime"]].join(cleaned)
 
     lab_items = sorted({i for v in V.VARIABLES for i in v.lab_itemids})
@@ -100,6 +101,7 @@ def extract_events(files: dict[str, Path], stays: pd.DataFrame, pre_intime_hours
     ).to_pandas()
     stats["labevents_rows"] = len(labs)
     cleaned = _clean(labs, stats)
+    stats["labevents_values"] = len(cleaned)
     labs = labs.loc[cleaned.index, ["hadm_id", "charttime"]].join(cleaned)
     labs = labs.merge(stays[["hadm_id", "stay_id"]], on="hadm_id").drop(columns="hadm_id")
 

@@ -61,6 +61,8 @@ def write_manifest(out: Path, config: PreprocessConfig, files: dict, markers: di
         "counts": task_counts(out),
         "cohort": {"stays": markers["cohort"]["summary"]["stays"],
                    "patients": markers["cohort"]["summary"]["patients"],
+                   "duplicates_dropped": markers["cohort"]["summary"].get(
+                       "duplicates_dropped", {}),
                    "exclusions": markers["cohort"]["summary"]["exclusions"]},
         "phenotype_coding": markers["cohort"]["summary"].get("phenotype_coding"),
         "ehr": {"features": ehr["features"], "n_features": len(ehr["features"]),
@@ -76,6 +78,7 @@ def write_manifest(out: Path, config: PreprocessConfig, files: dict, markers: di
                 "written": markers["cxr"]["summary"]["written"],
                 "skipped": markers["cxr"]["summary"]["skipped"],
                 "skipped_list": "cxr/skipped.json"},
+        "warnings": [w for m in markers.values() for w in m["summary"].get("warnings", [])],
         "stages": {name: {"key": m["key"], "version": m.get("version", 1),
                           "seconds": m["seconds"]} for name, m in markers.items()},
         "cached_stages": cached,

@@ -54,6 +54,7 @@ from preprocessing.stages import (
     stage_key,
 )
 from raybench.errors import RaybenchError
+from raybench.ownership import claim
 
 COHORT_FIELDS = ("min_age", "exclude_transfers", "exclude_multi_stay_admissions",
                  "count_stays_after_transfer_filter", "split_fractions", "split_seed")
@@ -96,7 +97,8 @@ def _parallel(config: PreprocessConfig, items: list[dict], fn, progress, label: 
 
 def _cohort_stage(files, config):
     def build(tmp: Path) -> dict:
-        stays, exclusions = build_cohort(files, config)
+        duplicates: dict[str, int] = {}
+        stays, exclusions = build_cohort(files, config, duplicates)
         diagnoses = read_table(files["diagnoses_icd"], _schema("diagnoses_icd"),
                                ("hadm_id", "icd_code", "icd_version"))
         phenos = label_admissions(diagnoses, stays["hadm_id"].to_numpy())
@@ -107,8 +109,11 @@ def _cohort_stage(files, config):
         for split in SPLITS:
             stays.loc[stays["split"] == split, ["stay_id"]].to_csv(
                 tmp / "splits" / f"{split}_stay_ids.csv", index=False)
-        return {"stays": len(stays), "exclusions": exclusions,
-                "patients": int(stays["subject_id"].nunique()), "phenotype_coding": coding}
+        warnings = [f"{files[table]}: {n:,} exact duplicate row(s) dropped" for table, n in
+                    duplicates.items() if n]
+        return {"stays": len(stays), "exclusions": exclusions, "duplicates_dropped": duplicates,
+                "patients": int(stays["subject_id"].nunique()), "phenotype_coding": coding,
+                "warnings": warnings}
     return build
 
 
@@ -165,6 +170,7 @@ def _ehr_stage(out: Path, files, config, progress):
     def build(tmp: Path) -> dict:
         stays = pd.read_parquet(out / "cohort" / "stays.parquet")
         events, stats = extract_events(files, stays, config.pre_intime_hours)
+        stats["warnings"] = event_source_warnings(files, stats)
         work = tmp / "_work"
         n_parts = max(2 * (config.num_cpus or os.cpu_count() or 1), -(-len(stays) // 1000))
         n_parts = min(n_parts, len(stays))
@@ -229,6 +235,40 @@ def _same_images(out: Path, legacy_index: str | None, markers: dict, config) -> 
     return height.empty or int(height.iloc[0]) == config.cxr_image_size
 
 
+def event_source_warnings(files: dict[str, Path], stats: dict) -> list[str]:
+    """Warnings for an event table without usable values; an error when neither has one.
+
+    ``stats`` are :func:`~preprocessing.ehr_extract.extract_events`' counts: rows of the EHR
+    variables' items for cohort stays, and those with a usable value.
+    """
+    warnings = []
+    for table, what in (("chartevents", "vital signs and GCS"), ("labevents", "labs")):
+        rows, values = stats.get(f"{table}_rows", 0), stats.get(f"{table}_values", 0)
+        if rows == 0:
+            warnings.append(f"{files[table]}: no row for the cohort's stays with an item of "
+                            f"the EHR variables ({what}); those variables are imputed for "
+                            "every stay")
+        elif values == 0:
+            warnings.append(f"{files[table]}: all {rows:,} rows of the EHR variables' items "
+                            f"have an empty valuenum (and no usable text value); the {what} "
+                            "variables are imputed for every stay")
+    if not stats.get("events_kept"):
+        raise RaybenchError(
+            f"no EHR variable has any value inside a cohort stay: {files['chartevents']} and "
+            f"{files['labevents']} give {stats.get('chartevents_values', 0):,} and "
+            f"{stats.get('labevents_values', 0):,} usable values, none within a stay; check those "
+            "files (are they the MIMIC-IV tables of the same patients?)")
+    return warnings
+
+
+def _warn_console(warnings: list[str]) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True, soft_wrap=True)
+    for warning in warnings:
+        console.print(f"[bold yellow]warning:[/] {warning}", markup=True, highlight=False)
+
+
 def run_preprocess(mimic_iv: Path, mimic_cxr: Path, out: Path,
                    config_path: Path | None = None, config: PreprocessConfig | None = None,
                    show: bool = True) -> dict:
@@ -239,7 +279,7 @@ def run_preprocess(mimic_iv: Path, mimic_cxr: Path, out: Path,
     files = check_inputs(Path(mimic_iv), Path(mimic_cxr))
     out = Path(out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        claim(out, "prepared")  # a new, empty or raybench-prepared directory only
     except OSError as exc:
         raise RaybenchError(f"cannot create output directory {out}: {exc.strerror}") from None
     def inputs(*names: str) -> str:
@@ -298,4 +338,5 @@ def run_preprocess(mimic_iv: Path, mimic_cxr: Path, out: Path,
     manifest = write_manifest(out, config, files, markers, skipped, rebuilt)
     if show:
         summarise(manifest)
+    _warn_console(manifest["warnings"])
     return manifest

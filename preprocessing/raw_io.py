@@ -77,16 +77,80 @@ def check_inputs(mimic_iv: Path, mimic_cxr: Path) -> dict[str, Path]:
     return found
 
 
+def _first_bad_value(path: Path, frame: pd.DataFrame, columns: list[str],
+                     schema: S.TableSchema) -> str | None:
+    """``column C, line L: 'value'`` of the first value that does not parse as declared."""
+    for column in columns:
+        text = frame[column]
+        declared = schema.columns[column]
+        if column in schema.datetime_columns:
+            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
+            expected = "a date-time YYYY-MM-DD HH:MM:SS"
+        elif declared.startswith(("int", "float")):
+            parsed = pd.to_numeric(text, errors="coerce")
+            expected = "an integer" if declared.startswith("int") else "a number"
+            if declared.startswith("int"):
+                parsed = parsed.where(text.notna() & (parsed % 1 == 0))  # NA in int columns too
+                text = text.fillna("")
+        else:
+            continue
+        bad = text.notna() & parsed.isna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            value = str(text.iloc[row])[:40]
+            return (f"{path}: column {column}, line {row + 2} (data row {row + 1}): cannot "
+                    f"parse {value!r} as {expected}")
+    return None
+
+
 def read_table(path: Path, schema: S.TableSchema, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read the named columns of a small/medium table with declared dtypes and parsed dates."""
-    dtypes = {c: schema.columns[c] for c in columns if not schema.columns[c].startswith("date")}
-    dates = [c for c in columns if c in schema.datetime_columns]
+    """Read the named columns of a small/medium table with declared dtypes and parsed dates.
+
+    A value that does not parse (a date-time, an integer) raises :class:`RaybenchError`
+    naming the file, the column and the line.
+    """
     try:
-        frame = pd.read_csv(path, usecols=list(columns), dtype=dtypes, parse_dates=dates)
-    except (ValueError, TypeError) as exc:
-        raise RaybenchError(f"{path}: values do not match the declared column types ({exc})") \
-            from None
+        text = pd.read_csv(path, usecols=list(columns), dtype=str, keep_default_na=True)
+    except (ValueError, OSError) as exc:
+        raise RaybenchError(f"{path}: cannot read ({' '.join(str(exc).split())})") from None
+    problem = _first_bad_value(path, text, list(columns), schema)
+    if problem:
+        raise RaybenchError(problem)
+    frame = pd.DataFrame(index=text.index)
+    for column in columns:
+        declared = schema.columns[column]
+        if column in schema.datetime_columns:
+            frame[column] = pd.to_datetime(text[column], format="ISO8601")
+        elif declared.startswith("int"):
+            frame[column] = pd.to_numeric(text[column]).astype(declared)
+        elif declared.startswith("float"):
+            frame[column] = pd.to_numeric(text[column]).astype(declared)
+        else:
+            frame[column] = text[column].astype(declared)
     return frame
+
+
+def read_keyed_table(path: Path, schema: S.TableSchema, columns: tuple[str, ...],
+                     key: str) -> tuple[pd.DataFrame, int]:
+    """:func:`read_table`, then exact duplicate rows dropped (and counted) and rows that
+    share ``key`` with different values refused.
+
+    Returns ``(frame, exact duplicates dropped)``. A conflicting duplicate raises
+    :class:`RaybenchError` naming the file, the key column, how many keys conflict and the
+    line of the first one (values are not shown: they are identifiers).
+    """
+    frame = read_table(path, schema, columns)
+    exact = frame.duplicated(keep="first")
+    frame = frame[~exact]
+    conflicting = frame[key].duplicated(keep=False)
+    if conflicting.any():
+        n_keys = int(frame.loc[conflicting, key].nunique())
+        line = int(frame.index[conflicting.to_numpy()][0]) + 2
+        raise RaybenchError(
+            f"{path}: {n_keys} {key} value(s) appear on several rows with different values "
+            f"(first at line {line}); raybench cannot tell which row is right. Exact duplicate "
+            "rows are dropped and counted, conflicting ones must be fixed in the table")
+    return frame.reset_index(drop=True), int(exact.sum())
 
 
 def stream_events(

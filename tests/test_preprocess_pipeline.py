@@ -15,6 +15,7 @@ import pytest
 from preprocessing import schemas as S
 from preprocessing.config import PreprocessConfig
 from preprocessing.pipeline import run_preprocess
+from preprocessing.stages import SCRATCH
 from raybench.errors import RaybenchError
 
 TASKS = ("mortality", "mortality_icu", "phenotyping", "decompensation", "length_of_stay",
@@ -104,14 +105,43 @@ def test_rerun_skips_stages_and_fresh_run_is_identical(prepared_small, synth_sma
 def test_half_written_stage_is_rebuilt(prepared_small, synth_small, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(prepared_small, out)
-    (out / "labels" / "_SUCCESS.json").unlink()  # as if killed before the marker was written
+    marker = json.loads((out / "labels" / "_SUCCESS.json").read_text())
+    marker["key"] = "stale"  # built with other settings: must be rebuilt
+    (out / "labels" / "_SUCCESS.json").write_text(json.dumps(marker))
     (out / "labels" / "mortality.parquet").write_bytes(b"garbage")
-    (out / "ehr.tmp").mkdir()  # a leftover temporary directory
+    scratch = out / "ehr.tmp"  # left by a run killed while building the ehr stage
+    scratch.mkdir()
+    (scratch / SCRATCH).write_text("")
+    (scratch / "partial.parquet").write_bytes(b"partial")
     result = run_preprocess(synth_small / "mimic-iv", synth_small / "mimic-cxr-jpg", out,
                             config=PreprocessConfig(cxr_image_size=64), show=False)
     assert "labels" not in result["cached_stages"] and "ehr" in result["cached_stages"]
     assert _digests(out)["labels/mortality.parquet"] == \
         _digests(prepared_small)["labels/mortality.parquet"]
+
+
+def test_rebuild_never_deletes_a_file_raybench_did_not_write(prepared_small, synth_small,
+                                                             tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(prepared_small, out)
+    marker = json.loads((out / "cohort" / "_SUCCESS.json").read_text())
+    marker["key"] = "stale"
+    (out / "cohort" / "_SUCCESS.json").write_text(json.dumps(marker))
+    note = out / "cohort" / "my_notes.txt"  # a user's file inside a stage folder
+    note.write_text("keep me")
+    with pytest.raises(RaybenchError, match=r"cohort must be rebuilt but holds file\(s\) "
+                                            r"raybench did not write \(my_notes.txt\)"):
+        run_preprocess(synth_small / "mimic-iv", synth_small / "mimic-cxr-jpg", out,
+                       config=PreprocessConfig(cxr_image_size=64), show=False)
+    assert note.read_text() == "keep me"
+    assert (out / "cohort" / "stays.parquet").is_file()  # refused before deleting anything
+    foreign = tmp_path / "user-dir"
+    foreign.mkdir()
+    (foreign / "results.csv").write_text("mine")
+    with pytest.raises(RaybenchError, match="not empty .*was not created by raybench"):
+        run_preprocess(synth_small / "mimic-iv", synth_small / "mimic-cxr-jpg", foreign,
+                       config=PreprocessConfig(cxr_image_size=64), show=False)
+    assert sorted(p.name for p in foreign.iterdir()) == ["results.csv"]
 
 
 def test_missing_files_are_all_listed(tmp_path, synth_small):

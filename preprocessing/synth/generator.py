@@ -32,7 +32,9 @@ from preprocessing.synth.diagnoses import diagnoses_rows
 from preprocessing.synth.ehr import chart_rows, lab_rows
 from preprocessing.synth.render import render
 from preprocessing.variables import VARIABLES
+from raybench.disk import writing
 from raybench.errors import RaybenchError
+from raybench.ownership import claim
 
 MIMIC_IV_DIR = "mimic-iv"
 MIMIC_CXR_DIR = "mimic-cxr-jpg"
@@ -55,15 +57,16 @@ def write_table(frame: pd.DataFrame, schema: S.TableSchema, root: Path) -> Path:
     if missing:
         raise ValueError(f"{schema.name}: generator produced no column(s) {missing}")
     path = root / schema.relpath
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    frame[schema.column_names].to_csv(
-        tmp,
-        index=False,
-        date_format="%Y-%m-%d %H:%M:%S",
-        compression={"method": "gzip", "compresslevel": 3, "mtime": 0},
-    )
-    os.replace(tmp, path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame[schema.column_names].to_csv(
+            tmp,
+            index=False,
+            date_format="%Y-%m-%d %H:%M:%S",
+            compression={"method": "gzip", "compresslevel": 3, "mtime": 0},
+        )
+        os.replace(tmp, path)
     return path
 
 
@@ -91,11 +94,10 @@ def _d_labitems() -> pd.DataFrame:
 
 
 def _check_out(out: Path) -> None:
+    """Claim ``out`` (new, empty or an earlier synthetic tree); proves it is writable."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".raybench_write_test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with writing(out):
+            claim(out, "synthetic")
     except OSError as exc:
         raise RaybenchError(f"cannot write to output directory {out}: {exc.strerror}") from None
 
@@ -108,9 +110,10 @@ def _write_images(images: pd.DataFrame, cxr_root: Path, size: int, progress) -> 
                                     "seed"]].itertuples(index=False)):
         dicom_id, subject_id, study_id, view, seed = row
         path = cxr_root / S.cxr_image_relpath(subject_id, study_id, dicom_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
         pixels = render(dict(zip(labels, findings[i], strict=True)), view, int(seed), size)
-        Image.fromarray(pixels).save(path, format="JPEG", quality=JPEG_QUALITY)
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(path, format="JPEG", quality=JPEG_QUALITY)
         if progress:
             progress.advance(task)
 
@@ -145,8 +148,9 @@ def generate(config: SynthConfig, progress=None) -> dict:
         write_table(frame, schema, cxr)
     _write_images(images, cxr, config.image_size, progress)
     truth = cohort.stays.drop(columns=["intime", "outtime"])
-    truth.to_csv(out / "synthetic_truth.csv.gz", index=False,
-                 compression={"method": "gzip", "mtime": 0})
+    with writing(out / "synthetic_truth.csv.gz"):
+        truth.to_csv(out / "synthetic_truth.csv.gz", index=False,
+                     compression={"method": "gzip", "mtime": 0})
 
     manifest = {
         "generator": "raybench synth",
@@ -163,6 +167,7 @@ def generate(config: SynthConfig, progress=None) -> dict:
             "cxr_images": len(metadata),
         },
     }
-    (out / "synthetic_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    with writing(out / "synthetic_manifest.json"):
+        (out / "synthetic_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     manifest["seconds"] = round(time.perf_counter() - started, 2)
     return manifest
