@@ -333,3 +333,83 @@ def test_tune_checkpoint_restores_searcher(tune_study):
     fresh.restore_from_dir(results.experiment_path)  # Tune saved it with the experiment
     assert fresh.history() == searcher.history() and fresh.finished
     assert fresh.optimizer.yi == searcher.optimizer.yi
+
+
+# --------------------------------------------------------------------------- JSON state
+def test_json_state_resume_proposes_exactly_what_the_uninterrupted_searcher_would():
+    """Save mid-search (GP phase, configurations in flight), rebuild from JSON text alone (the
+    optimiser by replaying its asks and tells), continue both with the same events."""
+    kwargs = dict(space=X_SPACE | {"hidden": SPACE["hidden"]}, metric="score", mode="max",
+                  n_calls=9, n_initial_points=3, random_state=4)
+    reference, interrupted = GPSearcher(**kwargs), GPSearcher(**kwargs)
+    in_flight = drive(interrupted, x_objective, concurrency=3, stop_after=14)
+    drive(reference, x_objective, concurrency=3, stop_after=14)
+    assert interrupted.n_told >= 4  # the GP (not the random start) proposes the next points
+    text = json.dumps(interrupted.get_state())  # what the study directory holds
+    assert "pickle" not in text and json.loads(text)["optimizer_log"]
+    del interrupted  # the driver died
+
+    resumed = GPSearcher(**kwargs)
+    resumed.set_state(json.loads(text))
+    assert resumed.optimizer.Xi == reference.optimizer.Xi
+    assert resumed.optimizer.yi == reference.optimizer.yi
+    for searcher in (reference, resumed):  # the same in-flight trials then report
+        for trial_id, config in in_flight:
+            searcher.on_trial_complete(trial_id, result=x_objective(config))
+    after_reference, after_resumed = [], []
+    drive(reference, x_objective, concurrency=3, start=500, log=after_reference)
+    drive(resumed, x_objective, concurrency=3, start=500, log=after_resumed)
+    assert after_resumed == after_reference and len(after_reference) > 3
+    assert resumed.history() == reference.history() and resumed.finished
+
+
+def test_reopened_trials_are_handed_out_again_then_the_search_continues():
+    kwargs = dict(space=X_SPACE, metric="score", mode="max", n_calls=4, n_initial_points=2,
+                  random_state=2)
+    first = GPSearcher(**kwargs)
+    in_flight = drive(first, x_objective, concurrency=2, stop_after=3)
+    resumed = GPSearcher(**kwargs)
+    resumed.set_state(json.loads(json.dumps(first.get_state())))
+    assert resumed.reopen_live() == len(in_flight)  # those trials died with the driver
+    again = [resumed.suggest(f"new{i}") for i in range(len(in_flight))]
+    key = lambda c: (c["config_id"], c["seed"])  # noqa: E731
+    assert sorted(map(key, again)) == sorted(key(c) for _, c in in_flight)
+    log = []
+    for i, config in enumerate(again):
+        resumed.on_trial_complete(f"new{i}", result=x_objective(config))
+    drive(resumed, x_objective, concurrency=2, start=900, log=log)
+    pairs = [key(c) for c in log] + [key(c) for c in again]
+    assert resumed.finished and len(set(pairs)) == len(pairs)
+
+
+class _Planted:
+    """Unpickling this runs code: it creates the file named by ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_planted_pickle_is_never_loaded(tmp_path):
+    import pickle
+
+    from raybench.search.state import StateError
+    from raybench.study.multiplex import FixedSearcher, StudySearcher
+
+    sentinel = tmp_path / "code-ran"
+    evil = pickle.dumps(_Planted(sentinel))
+    for name in ("searcher-state-x.pkl", "searcher-state-x.json",
+                 "study-searcher-state-x.json"):
+        (tmp_path / name).write_bytes(evil)
+    gp = GPSearcher(X_SPACE, metric="score", mode="max")
+    with pytest.raises(StateError, match="never unpickles"):
+        gp.restore(str(tmp_path / "searcher-state-x.pkl"))
+    with pytest.raises(StateError, match="never unpickles"):
+        gp.restore_from_dir(str(tmp_path))  # Tune's entry point: reads *.json only
+    study = StudySearcher({"e": FixedSearcher({}, [0, 1])})
+    with pytest.raises(StateError):
+        study.restore_from_dir(str(tmp_path))
+    assert not sentinel.exists()
+    assert GPSearcher.CKPT_FILE_TMPL.endswith(".json")

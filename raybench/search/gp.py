@@ -36,48 +36,37 @@ searcher through ``set_max_concurrency``) caps the running trials; the searcher 
 itself, so Tune's ``ConcurrencyLimiter`` passes every completion through, including those of
 trials it did not see (resumed experiments).
 
-**Resume.** ``save``/``restore`` pickle the whole state (optimiser, open configurations,
-per-seed results, counters); Ray Tune calls them with the experiment checkpoint, so
-``Tuner.restore`` continues the study where it stopped. A completed trial is mapped back to its
-configuration by trial id or, when the id is unknown (a trial restarted with a new id), by the
-``config_id`` and ``seed`` that its config carries (``result["config"]``).
+**Resume.** The state is plain JSON data (:meth:`get_state`; ``save``/``restore`` write and
+read it as ``searcher-state-*.json``): the settings, the configurations with their per-seed
+results, the trials in flight, the counters, the RNG state and the log of every ``ask`` and
+``tell`` the skopt optimiser saw. :meth:`set_state` rebuilds the optimiser from the settings and
+replays that log, so it ends in exactly the state it had (GP fits and acquisition RNG included)
+and proposes exactly what the uninterrupted searcher would; nothing is ever unpickled (see
+:mod:`raybench.search.state`). :meth:`reopen_live` hands the seeds of trials that were in
+flight when the driver stopped out again. A completed trial is mapped back to its configuration
+by trial id or, when the id is unknown (a trial restarted with a new id), by the ``config_id``
+and ``seed`` that its config carries (``result["config"]``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import pickle
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from ray.tune.search import Searcher
 
+from raybench.search.gp_state import GPStateMixin, SeedConfig
 from raybench.search.space import RESERVED_KEYS, decode, to_skopt, validate
+from raybench.search.state import plain
 
 __all__ = ["GPSearcher"]
 
 logger = logging.getLogger(__name__)
 
-_STATE_VERSION = 1
 _LIES = {"cl_min": min, "cl_mean": lambda ys: float(np.mean(ys)), "cl_max": max, "kb": None}
-
-
-@dataclass
-class _Config:
-    """One proposed configuration and the fate of its seed trials."""
-
-    config_id: int
-    x: list
-    params: dict[str, Any]
-    seeds: list[int]
-    unassigned: list[int]
-    metrics: dict[int, float | None] = field(default_factory=dict)
-    status: str = "running"  # running | done | failed
-    mean: float | None = None
-    objective: float | None = None  # the value told to skopt (minimised), None until told
 
 
 def _finite(value: Any) -> float | None:
@@ -105,7 +94,7 @@ def _frozen_gp(estimator: Any, model: Any) -> Any:
     return clone(estimator).set_params(kernel=kernel, optimizer=None)
 
 
-class GPSearcher(Searcher):
+class GPSearcher(GPStateMixin, Searcher):
     """Bayesian optimisation over a compact raybench search space, one Tune trial per seed.
 
     Args:
@@ -137,8 +126,6 @@ class GPSearcher(Searcher):
         max_concurrent: int | None = None,
         lie_strategy: str = "kb",
     ) -> None:
-        from skopt import Optimizer
-
         if mode not in (None, "max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         super().__init__(metric=metric, mode=mode)
@@ -160,20 +147,29 @@ class GPSearcher(Searcher):
                              f"the reserved keys {sorted(RESERVED_KEYS)}")
         if max_concurrent is not None and int(max_concurrent) < 1:
             raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
-        self._space = {key: space[key] for key in specs}
+        self._space = plain({key: space[key] for key in specs})
         self._fixed = fixed
         self._seeds = seeds
         self._n_calls = int(n_calls)
         self._n_initial_points = int(n_initial_points)
+        self._acq_func = acq_func
+        self._random_state = None if random_state is None else int(random_state)
         self._lie_strategy = lie_strategy
         self._max_concurrent = None if max_concurrent is None else int(max_concurrent)
-        self._opt = Optimizer(to_skopt(space), base_estimator="GP", acq_func=acq_func,
-                              n_initial_points=self._n_initial_points, random_state=random_state)
+        self._opt = self._new_optimizer()
         self._rng = np.random.RandomState(None if random_state is None else [random_state, 1])
-        self._configs: dict[int, _Config] = {}
+        self._configs: dict[int, SeedConfig] = {}
         self._live: dict[str, tuple[int, int]] = {}  # trial_id -> (config_id, seed)
         self._deferred: list[int] = []  # all-failed configs waiting for a worst value
         self._n_told = 0
+        self._opt_log: list[dict] = []  # every ask/tell of self._opt, replayed on restore
+
+    def _new_optimizer(self):
+        from skopt import Optimizer
+
+        return Optimizer(to_skopt(self._space), base_estimator="GP", acq_func=self._acq_func,
+                         n_initial_points=self._n_initial_points,
+                         random_state=self._random_state)
 
     # ------------------------------------------------------------------ Ray Tune API
     def set_search_properties(
@@ -242,28 +238,6 @@ class GPSearcher(Searcher):
         if len(cfg.metrics) == len(cfg.seeds):
             self._finalise(cfg)
 
-    def save(self, checkpoint_path: str) -> None:
-        """Pickle the complete searcher state to ``checkpoint_path``."""
-        with open(checkpoint_path, "wb") as fh:
-            pickle.dump(self.get_state(), fh)
-
-    def restore(self, checkpoint_path: str) -> None:
-        """Load a state written by :meth:`save` (it replaces every setting and result)."""
-        with open(checkpoint_path, "rb") as fh:
-            self.set_state(pickle.load(fh))
-
-    def get_state(self) -> dict:
-        """The whole state as a picklable dict."""
-        return {"version": _STATE_VERSION, **self.__dict__}
-
-    def set_state(self, state: dict) -> None:
-        """Replace this searcher's state with one from :meth:`get_state`."""
-        state = dict(state)
-        version = state.pop("version", None)
-        if version != _STATE_VERSION:
-            raise ValueError(f"GPSearcher state version {version!r} != {_STATE_VERSION}")
-        self.__dict__.update(state)
-
     # ------------------------------------------------------------------ introspection
     @property
     def optimizer(self):
@@ -311,7 +285,7 @@ class GPSearcher(Searcher):
         return min(done, key=lambda h: sign * h["mean"])
 
     # ------------------------------------------------------------------ internals
-    def _new_config(self) -> _Config:
+    def _new_config(self) -> SeedConfig:
         """Ask the optimiser for configuration ``len(self._configs)`` (see module doc)."""
         config_id = len(self._configs)
         opt = self._opt
@@ -320,10 +294,11 @@ class GPSearcher(Searcher):
             x = opt.space.rvs(n_samples=1, random_state=self._rng)[0]
         elif not open_points:
             x = opt.ask()
+            self._opt_log.append({"op": "ask", "x": plain(x)})
         else:
             x = self._liar(open_points).ask()
-        x = [v.item() if hasattr(v, "item") else v for v in x]
-        cfg = _Config(config_id=config_id, x=x, params=decode(self._space, x),
+        x = plain(list(x))
+        cfg = SeedConfig(config_id=config_id, x=x, params=decode(self._space, x),
                       seeds=list(self._seeds), unassigned=list(self._seeds))
         self._configs[config_id] = cfg
         return cfg
@@ -369,17 +344,19 @@ class GPSearcher(Searcher):
         except (TypeError, ValueError):
             return None
 
-    def _tell(self, cfgs: list[_Config], values: list[float]) -> None:
+    def _tell(self, cfgs: list[SeedConfig], values: list[float]) -> None:
         if not cfgs:
             return
         for cfg, y in zip(cfgs, values, strict=True):
             cfg.objective = float(y)
         # Once all n_calls configurations are proposed no ask follows: skip the GP refit.
         fit = len(self._configs) < self._n_calls
-        self._opt.tell([c.x for c in cfgs], [float(v) for v in values], fit=fit)
+        points, ys = [list(c.x) for c in cfgs], [float(v) for v in values]
+        self._opt.tell(points, ys, fit=fit)
+        self._opt_log.append({"op": "tell", "x": plain(points), "y": ys, "fit": fit})
         self._n_told += len(cfgs)
 
-    def _finalise(self, cfg: _Config) -> None:
+    def _finalise(self, cfg: SeedConfig) -> None:
         values = [v for v in cfg.metrics.values() if v is not None]
         if values:
             cfg.mean = float(np.mean(values))
