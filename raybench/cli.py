@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from raybench.errors import RaybenchError
+from raybench.disk import disk_full_message
+from raybench.errors import RaybenchError, StudyIncomplete
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +71,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from raybench.study.config import expand_experiments, load_study, search_space_for
+    from raybench.study.estimate import estimate_study
+    from raybench.study.storage import StudyStorage
 
     study = load_study(args.file, args.set or [])
     experiments = expand_experiments(study)
@@ -82,6 +85,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
           f"missing ratios, less the per-method restrictions), {len(study.seeds)} seeds per "
           f"configuration, search "
           f"{study.search.type}{note}")
+    storage = StudyStorage.from_setting(study.storage)
+    try:
+        estimate = estimate_study(study, storage)
+    except OSError:  # an unreachable study URI: estimate without its measurements
+        estimate = estimate_study(study)
+    for line in estimate.lines():
+        print(line)
     return 0
 
 
@@ -139,12 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
+    except StudyIncomplete as exc:
+        print(f"raybench: {exc}", file=sys.stderr)
+        return 130
     except RaybenchError as exc:
         print(f"raybench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("raybench: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        message = disk_full_message(exc, exc.filename)
+        if message is None:
+            raise
+        print(f"raybench: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

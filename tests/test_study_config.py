@@ -399,3 +399,58 @@ def test_smoke_test_shrinks_a_study():
     assert (small.search.n_calls, small.training.epochs) == (2, 1)
     assert small.data.synthetic.patients <= 200 and small.name == "demo-smoke"
     assert small.storage != study.storage
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("seeds=[-1]", "seeds[0]: Input should be greater than or equal to 0"),
+    ("seeds=[100000000000000000000000]", "seeds[0]: Input should be less than or equal to "
+                                         "4294967295"),
+    ("seeds=[true]", "seeds[0]: Input should be a valid integer, got True"),
+    ("search.n_calls=100000000000", "search.n_calls: Input should be less than or equal to 10000"),
+    ("search.n_calls=1.0e+11", "search.n_calls: Input should be a valid integer, got "
+                               "100000000000.0"),
+    ("search.random_state=-1", "search.random_state: Input should be greater than or equal to 0"),
+    ("training.epochs=1000000000000", "training.epochs: Input should be less than or equal to "
+                                      "10000"),
+    ("training.epochs=true", "training.epochs: Input should be a valid integer, got True"),
+    ("training.batch_size=8.0", "training.batch_size: Input should be a valid integer, got 8.0"),
+    ("resources.cpu=true", "resources.cpu: Input should be a valid number, got True"),
+    ("resources.max_failures=100000", "resources.max_failures: Input should be less than or "
+                                      "equal to 1000"),
+    ("data.synthetic.seed=-5", "data.synthetic.seed: Input should be greater than or equal to 0"),
+])
+def test_numbers_are_bounded_and_strict(tmp_path, override, expected):
+    message = refused(write(tmp_path), (override,))
+    assert message.endswith(expected) or f"{expected};" in message
+
+
+def test_validate_prints_trials_and_estimated_cost(tmp_path, capsys, monkeypatch):
+    import pandas as pd
+
+    from raybench.cli import main
+
+    storage = tmp_path / "results"
+    path = write(tmp_path, {"storage": str(storage), "seeds": [0, 1],
+                            "search": {"type": "gp", "n_calls": 4, "n_initial_points": 2},
+                            "training": {"epochs": 5, "max_train_batches": 10}})
+    monkeypatch.setattr("raybench.study.estimate.EPOCH_COSTS", tmp_path / "none.csv")
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "size: 16 trials (8 per experiment: configurations x seeds), at most 5 epochs" in out
+    assert "estimated cost: unknown" in out
+    # Measured costs: the per-batch table (CPU) for ehr_lstm, this study's trials for medfuse.
+    table = tmp_path / "costs.csv"
+    table.write_text("# measured\nmethod,cxr_backbone,crop,device,seconds_per_batch\n"
+                     "ehr_lstm,-,0,cpu,0.36\n")
+    monkeypatch.setattr("raybench.study.estimate.EPOCH_COSTS", table)
+    storage.mkdir()
+    pd.DataFrame({"task": ["mortality"] * 2, "cohort": ["base"] * 2,
+                  "method": ["medfuse"] * 2, "status": ["ok", "ok"],
+                  "runtime_s": [20.0, 40.0], "epochs_run": [2, 2]}).to_parquet(
+        storage / "trials.parquet")
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    # ehr_lstm: 8 trials x 5 epochs x 10 batches x 0.36 s = 144 s; medfuse: 8 x 5 x 15 s = 600 s
+    assert ("estimated cost: at most 0.21 trial-hours, 0.00 GPU-hours (upper bound: every "
+            "trial runs all its epochs) for 2 of 2 experiments") in out
+    assert "per-batch CPU costs in costs.csv" in out and "this study's trials" in out

@@ -64,6 +64,7 @@ class TrialsWriter(Callback):
             "n_parameters": result.get("n_parameters"),
             "inference_s_per_batch": result.get("inference_s_per_batch", math.nan),
             "predictions_file": result.get("predictions_file"),
+            "epochs_run": result.get("epochs_run"),
         }
         for key, value in result.items():
             if key.startswith(("val_", "test_")) and isinstance(value, (int, float)):
@@ -97,15 +98,50 @@ class TrialsWriter(Callback):
 PLAIN_LINE_EVERY_S = 30.0
 
 
-class StudyProgress(Callback):
-    """One rich live view: experiments and trials done, running, failed, best, ETA."""
+def finished_before(trials: pd.DataFrame | None) -> dict[str, dict]:
+    """What a resumed study had already finished, per experiment, from ``trials.parquet``.
 
-    def __init__(self, planned: dict[str, int], selection: dict[str, str], show: bool = True):
+    ``{experiment_id: {"keys": [trial keys], "failed": [trial keys of failed trials],
+    "best": best selection value (sign: higher is better) or None}}``.
+    """
+    from raybench.metrics import higher_is_better
+
+    if trials is None or trials.empty or "trial_key" not in trials.columns:
+        return {}
+    out = {}
+    for experiment, rows in trials.groupby("experiment_id", sort=True):
+        ok = rows[rows["status"] == "ok"]
+        best = None
+        for _, row in ok.iterrows():
+            value = row.get(f"val_{row['selection_metric']}")
+            if isinstance(value, int | float) and math.isfinite(value):
+                value = value if higher_is_better(str(row["selection_metric"])) else -value
+                best = value if best is None else max(best, value)
+        out[str(experiment)] = {"keys": sorted(rows["trial_key"].astype(str)),
+                                "failed": sorted(rows.loc[rows["status"] != "ok", "trial_key"]
+                                                 .astype(str)), "best": best}
+    return out
+
+
+class StudyProgress(Callback):
+    """One rich live view: experiments and trials done, running, failed, best, ETA.
+
+    ``resumed`` (from :func:`finished_before`) counts the trials an earlier run of the study
+    finished, so a resumed study shows e.g. ``66/162`` rather than ``0/162``. Trials are
+    counted once by their :func:`~raybench.study.trial.trial_key`: a finished trial that a
+    resume reports again (from its result record) is not counted twice.
+    """
+
+    def __init__(self, planned: dict[str, int], selection: dict[str, str], show: bool = True,
+                 resumed: dict[str, dict] | None = None):
         self.planned, self.selection, self.show = planned, selection, show
-        self.done: dict[str, int] = {}
-        self.failed = 0
+        resumed = resumed or {}
+        self.done_keys: dict[str, set[str]] = {e: set(r["keys"]) for e, r in resumed.items()}
+        self.failed_keys: set[str] = {k for r in resumed.values() for k in r["failed"]}
+        self.resumed = sum(len(keys) for keys in self.done_keys.values())
         self.running: set[str] = set()
-        self.best: dict[str, float] = {}
+        self.best: dict[str, float] = {e: r["best"] for e, r in resumed.items()
+                                       if r.get("best") is not None}
         self.started = time.time()
         self.finished_this_run = 0
         self._live = None
@@ -130,8 +166,9 @@ class StudyProgress(Callback):
 
     def _render(self) -> Table:
         total = sum(self.planned.values())
-        done = sum(self.done.values())
-        finished = sum(1 for e, n in self.planned.items() if self.done.get(e, 0) >= n)
+        done = sum(len(keys) for keys in self.done_keys.values())
+        finished = sum(1 for e, n in self.planned.items()
+                       if len(self.done_keys.get(e, ())) >= n)
         elapsed = time.time() - self.started
         eta = "-"
         if self.finished_this_run:
@@ -142,11 +179,14 @@ class StudyProgress(Callback):
                        "ETA"):
             table.add_column(column, justify="right")
         table.add_row(f"{finished}/{len(self.planned)}", f"{done}/{total}",
-                      str(len(self.running)), str(self.failed), f"{elapsed / 60:.1f} min", eta)
+                      str(len(self.running)), str(len(self.failed_keys)),
+                      f"{elapsed / 60:.1f} min", eta)
+        notes = [f"{self.resumed} trials done before this resume"] if self.resumed else []
         if self.best:
             name, value = max(self.best.items(), key=lambda kv: kv[1])
-            table.caption = (f"best validation so far: {name} "
-                             f"{self.selection.get(name, 'selection')} = {abs(value):.4f}")
+            notes.append(f"best validation so far: {name} "
+                         f"{self.selection.get(name, 'selection')} = {abs(value):.4f}")
+        table.caption = "; ".join(notes) or None
         return table
 
     def _update(self) -> None:
@@ -171,9 +211,15 @@ class StudyProgress(Callback):
     def _finish(self, trial, failed: bool) -> None:
         experiment = trial.config["experiment_id"]
         self.running.discard(trial.trial_id)
-        self.done[experiment] = self.done.get(experiment, 0) + 1
-        self.finished_this_run += 1
-        self.failed += int(failed)
+        key = trial_key(trial.config)
+        keys = self.done_keys.setdefault(experiment, set())
+        if key not in keys:
+            keys.add(key)
+            self.finished_this_run += 1
+        if failed:
+            self.failed_keys.add(key)
+        else:
+            self.failed_keys.discard(key)
         value = (trial.last_result or {}).get("selection")
         if not failed and value is not None and value > -1e9:
             self.best[experiment] = max(self.best.get(experiment, -math.inf), value)

@@ -333,6 +333,9 @@ def _error_text(error: Mapping[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         valid = _valid_fields(loc[:-1])
         message = "unknown field" + (f"; expected one of: {', '.join(valid)}" if valid else "")
+    if error["type"].endswith(("_type", "_parsing")) and "input" in error:
+        shown = repr(error["input"])
+        message += f", got {shown if len(shown) <= 40 else shown[:37] + '...'}"
     path = _field_path(loc)
     return " ".join(f"{path}: {message}".split()) if path else " ".join(message.split())
 

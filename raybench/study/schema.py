@@ -39,7 +39,19 @@ SEARCH_TYPES = ("gp", "random", "fixed")
 Cohort = Literal["base", "matched"]
 Split = Literal["train", "val", "test"]
 Attribute = Literal["race_group", "sex", "age_group", "insurance"]
-Ratio = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+# Numbers are strict: a boolean, a string or (for integers) a float is refused rather than
+# coerced (YAML `true` would otherwise become 1), and each has a sane upper bound, so a typo
+# like `epochs: 1e12` is refused at validation instead of running for ever.
+#: Seeds and random states: what numpy's legacy RandomState accepts, [0, 2**32 - 1].
+SEED_MAX = 2**32 - 1
+MAX_CALLS = 10_000  # configurations per experiment
+MAX_EPOCHS = 10_000
+MAX_BATCHES = 10**9
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # accepts ints, refuses bools and strings
+Seed = Annotated[int, Strict(), Field(ge=0, le=SEED_MAX)]
+Ratio = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
 
 
 def _fail(message: str) -> PydanticCustomError:
@@ -64,9 +76,9 @@ class _Section(BaseModel):
 class SyntheticData(_Section):
     """Generate a synthetic MIMIC tree and preprocess it into the study's cache."""
 
-    patients: int = Field(400, ge=10)
-    seed: int = 0
-    image_size: int = Field(96, ge=16, le=1024, description="generated JPEG size (px)")
+    patients: Int = Field(400, ge=10, le=1_000_000)
+    seed: Seed = 0
+    image_size: Int = Field(96, ge=16, le=1024, description="generated JPEG size (px)")
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
 
 
@@ -122,10 +134,12 @@ class GPSearch(_Section):
     """Bayesian optimisation (scikit-optimize GP); CareBench's defaults, selected on val."""
 
     type: Literal["gp"] = "gp"
-    n_calls: int = Field(20, gt=0, description="configurations tried (each run per seed)")
-    n_initial_points: int = Field(5, gt=0, description="random configurations first")
+    n_calls: Int = Field(20, gt=0, le=MAX_CALLS,
+                         description="configurations tried (each run per seed)")
+    n_initial_points: Int = Field(5, gt=0, le=MAX_CALLS,
+                                  description="random configurations first")
     acq_func: Literal["gp_hedge", "EI", "PI", "LCB"] = "gp_hedge"
-    random_state: int = 0
+    random_state: Seed = 0
 
     @model_validator(mode="after")
     def _initial_within_calls(self) -> GPSearch:
@@ -139,8 +153,8 @@ class RandomSearch(_Section):
     """Random search over the same space."""
 
     type: Literal["random"]
-    n_calls: int = Field(20, gt=0)
-    random_state: int = 0
+    n_calls: Int = Field(20, gt=0, le=MAX_CALLS)
+    random_state: Seed = 0
 
 
 class FixedSearch(_Section):
@@ -170,15 +184,19 @@ SearchSection = Annotated[
 class TrainingSection(_Section):
     """Trainer and loader settings; names and defaults are TrainConfig's / LoaderConfig's."""
 
-    epochs: int = Field(50, ge=1)
-    patience: int = Field(10, ge=1)
-    pretrain_epochs: int | None = Field(None, ge=1, description="per stage; default epochs")
-    batch_size: int = Field(16, ge=1)
-    max_train_batches: int | None = Field(None, ge=1, description="per epoch, every task")
-    hourly_max_train_batches: int | None = Field(None, ge=1, description="hourly tasks")
-    max_val_samples: int | None = Field(None, ge=1)
-    hourly_max_val_samples: int | None = Field(None, ge=1)
-    crop: int | None = Field(None, ge=8, description="image crop; default 7/8 of the size")
+    epochs: Int = Field(50, ge=1, le=MAX_EPOCHS)
+    patience: Int = Field(10, ge=1, le=MAX_EPOCHS)
+    pretrain_epochs: Int | None = Field(None, ge=1, le=MAX_EPOCHS,
+                                        description="per stage; default epochs")
+    batch_size: Int = Field(16, ge=1, le=65_536)
+    max_train_batches: Int | None = Field(None, ge=1, le=MAX_BATCHES,
+                                          description="per epoch, every task")
+    hourly_max_train_batches: Int | None = Field(None, ge=1, le=MAX_BATCHES,
+                                                 description="hourly tasks")
+    max_val_samples: Int | None = Field(None, ge=1, le=MAX_BATCHES)
+    hourly_max_val_samples: Int | None = Field(None, ge=1, le=MAX_BATCHES)
+    crop: Int | None = Field(None, ge=8, le=4096,
+                             description="image crop; default 7/8 of the size")
     augment: bool = True
     optimizer: Literal["adam", "adamw"] = "adam"
     amp: bool = True
@@ -187,10 +205,10 @@ class TrainingSection(_Section):
 class ResourcesSection(_Section):
     """What one trial reserves, and how failures are retried."""
 
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
-    max_concurrent_trials: int | None = Field(None, ge=1)
-    max_failures: int = Field(1, ge=0)
+    cpu: Float = Field(1.0, gt=0, le=1024)
+    gpu: Float = Field(0.0, ge=0, le=64)
+    max_concurrent_trials: Int | None = Field(None, ge=1, le=100_000)
+    max_failures: Int = Field(1, ge=0, le=1000)
 
     @field_validator("gpu")
     @classmethod
@@ -218,7 +236,8 @@ class FairnessSection(_Section):
 
     enabled: bool = True
     attributes: tuple[Attribute, ...] = GROUP_ATTRIBUTES
-    min_group_size: int = Field(10, ge=1, description="smaller groups are not reported")
+    min_group_size: Int = Field(10, ge=1, le=1_000_000,
+                                description="smaller groups are not reported")
 
     @field_validator("attributes")
     @classmethod
@@ -236,14 +255,14 @@ class ReportSection(_Section):
 class StudyConfig(_Section):
     """A whole study: data, the experiment grid, search, training, resources, analyses."""
 
-    schema_version: int
+    schema_version: Int
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     storage: str = Field("", description="study directory: local path or URI")
     data: DataSection
     tasks: tuple[str, ...]
     cohorts: tuple[Cohort, ...] = ("base",)
     methods: dict[str, MethodConfig]
-    seeds: tuple[Annotated[int, Strict()], ...] = (0, 1, 2)
+    seeds: tuple[Seed, ...] = Field((0, 1, 2), max_length=1000)
     search: SearchSection = Field(default_factory=GPSearch)
     training: TrainingSection = Field(default_factory=TrainingSection)
     resources: ResourcesSection = Field(default_factory=ResourcesSection)

@@ -69,6 +69,7 @@ def run_trial(config: dict, datasets: dict[str, PreparedTask], experiments: dict
         "n_parameters": result.n_parameters,
         "inference_s_per_batch": result.inference_seconds_per_batch,
         "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
         "predictions_file": relpath,
     })
     write_bytes(storage, f"results/{key}.json", json.dumps(metrics).encode())
