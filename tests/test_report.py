@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +146,7 @@ def test_bootstrap_ci_percentile_and_seeded():
 
 def _group_frame():
     rng = np.random.default_rng(7)
-    groups = np.array(["a"] * 40 + ["b"] * 30 + ["tiny"] * 6)
+    groups = np.array(["a"] * 40 + ["b"] * 30 + ["c"] * 25 + ["tiny"] * 6)
     y = (rng.random(len(groups)) < 0.4).astype(np.int64)
     y[-6:] = [1, 1, 1, 0, 0, 0]
     prob = np.clip(0.35 * y + 0.5 * rng.random(len(groups)), 0, 1)
@@ -157,7 +158,9 @@ def test_subgroup_gaps_equal_metricframe_and_suppress_small_groups():
     frame = _group_frame()
     res = subgroup_metrics("binary", frame["y"].to_numpy(), frame["prob"].to_numpy(),
                            frame["group"], min_group_size=10)
-    kept = frame[frame["group"] != "tiny"]
+    # "tiny" is suppressed; "c" (the smallest other group) is withheld with it so that the
+    # total minus the shown groups does not reveal tiny's count (complementary suppression)
+    kept = frame[~frame["group"].isin(["tiny", "c"])]
     direct = MetricFrame(
         metrics={
             "AUPRC": lambda t, p: average_precision_score(t, p),
@@ -172,7 +175,8 @@ def test_subgroup_gaps_equal_metricframe_and_suppress_small_groups():
     pd.testing.assert_series_equal(res.gaps, direct.difference().astype(float),
                                    check_names=False)
     assert list(res.by_group.index) == ["a", "b"]
-    assert res.suppressed.to_dict() == {"tiny": 6} and res.counts.to_dict() == {"a": 40, "b": 30}
+    assert res.suppressed.to_dict() == {"c": 25, "tiny": 6} and res.complementary == ["c"]
+    assert res.counts.to_dict() == {"a": 40, "b": 30}
     with_tiny = subgroup_metrics("binary", frame["y"].to_numpy(), frame["prob"].to_numpy(),
                                  frame["group"], min_group_size=5)
     assert with_tiny.gaps["FPR"] > res.gaps["FPR"]  # the suppressed group would change the gap
@@ -308,3 +312,19 @@ def test_every_group_suppressed_is_said_not_shown(tmp_path):
                           "than 10000 test samples.") == 4
     assert "(n=" not in fairness and "fairness_" not in fairness
     assert not list(study.joinpath("report").glob("fairness_*"))
+
+
+def test_complete_study_report_is_not_marked_and_withholds_complementary_groups(report):
+    text = report.read_text()
+    assert "INCOMPLETE" not in text and "all 192 planned" in text
+    fairness = text.split("## 4. Fairness")[1].split("## 5.")[0]
+    assert "race_group: `Other`" in fairness  # 6 samples: suppressed
+    assert "(complementary suppression): " in fairness
+    # 200 test samples (base cohort): the shown race groups leave at least 10 to the withheld
+    # ones, at least two of them, so the 6 of `Other` cannot be recovered by subtraction
+    table = fairness.split("#### mortality — base: race_group")[1].split("####")[0]
+    shown = dict(re.findall(r"(\w+) \(n=(\d+)\)", table.strip().splitlines()[0]))
+    assert "Other" not in shown and 200 - sum(map(int, shown.values())) >= 10
+    assert len(shown) <= 3  # of 5 race groups, at least 2 withheld
+    listed = json.loads((report.parent / ".raybench-report.json").read_text())["files"]
+    assert "report.md" in listed and all("/" not in name for name in listed)

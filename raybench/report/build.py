@@ -18,15 +18,14 @@ from raybench.report.convergence import search_section
 from raybench.report.costs import calibration_cost_section
 from raybench.report.fairness_section import fairness_section
 from raybench.report.load import load_study
+from raybench.report.output import write_outputs
 from raybench.report.results import main_results_section, per_label_section
 from raybench.report.robustness import robustness_section
 from raybench.report.tables import md_table, metric_label
 
-__all__ = ["GENERATED_FILE", "build_report"]
+__all__ = ["build_report"]
 
 REPORT_NAME = "report.md"
-#: Files a previous build may have written (removed when this build does not write them).
-GENERATED_FILE = re.compile(r"^(robustness|fairness|convergence)_[A-Za-z0-9_.-]+\.(png|csv)$")
 _MAX_FAILED_ROWS = 50
 
 
@@ -53,15 +52,18 @@ def _header(ctx: ReportContext) -> list[str]:
         ["Cohorts", ", ".join(cohorts)],
         ["Methods", ", ".join(f"{m} ({mod})" for m, mod in
                               zip(methods["method"], methods["modalities"], strict=True))],
-        ["Seeds", ", ".join(str(s) for s in sorted(trials["seed"].unique()))],
+        ["Seeds", _seeds_text(ctx)],
         ["Search", ", ".join(f"{k} {search[k]}" for k in ("type", "n_calls") if k in search)
          or "not recorded"],
         ["CXR missing ratios", ratios],
-        ["Trials", f"{len(trials)} run: {ok} ok, {len(trials) - ok} failed"],
+        ["Trials", f"{len(trials)} run: {ok} ok, {len(trials) - ok} failed"
+                   + _planned_text(ctx)],
         ["Experiments", f"{len(sel)} ({int((sel['config_id'] >= 0).sum())} with a selectable "
                         "configuration)"],
     ]
-    lines = [f"# Results report: {ctx.study.name}", "",
+    missing, _ = ctx.completeness.totals()
+    title = f"# Results report: {ctx.study.name}" + (" (INCOMPLETE)" if missing else "")
+    lines = [title, "", *_incomplete_banner(ctx),
              "Built from the study directory alone (`resolved_study.yaml`, `trials.parquet`, "
              "`predictions/`); nothing is retrained. Regenerate with "
              "`raybench report STUDY_DIR`.", "", *md_table(["", ""], rows), ""]
@@ -76,6 +78,38 @@ def _header(ctx: ReportContext) -> list[str]:
         "4. Fairness · 5. Calibration and cost · 6. Hyperparameters and convergence · "
         "7. Failed trials", ""]
     return lines
+
+
+def _seeds_text(ctx: ReportContext) -> str:
+    ran = sorted(int(s) for s in ctx.trials["seed"].unique())
+    expected = ctx.study.expected_seeds
+    if expected is None or sorted(expected) == ran:
+        return ", ".join(map(str, ran))
+    return (f"{', '.join(map(str, expected))} (trials so far with seeds "
+            f"{', '.join(map(str, ran))})")
+
+
+def _planned_text(ctx: ReportContext) -> str:
+    missing, planned = ctx.completeness.totals()
+    if not ctx.completeness.known:
+        return " (planned count unknown: `resolved_study.yaml` lacks the study grid)"
+    return f"; {planned} planned, {missing} missing" if missing else f"; all {planned} planned"
+
+
+def _incomplete_banner(ctx: ReportContext) -> list[str]:
+    missing, planned = ctx.completeness.totals()
+    if not missing:
+        return []
+    affected = ctx.completeness.incomplete()
+    absent = ctx.completeness.never_started()
+    text = (f"> **INCOMPLETE**: {missing} of {planned} planned trials have no result (the study "
+            f"was interrupted or is still running); {len(affected)} of "
+            f"{len(ctx.completeness.planned)} experiments are affected")
+    if absent:
+        text += (f", {len(absent)} of them without any trial and therefore absent from every "
+                 f"table ({', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''})")
+    return [text + ". Tables holding an affected experiment say INCOMPLETE. Resume the study "
+            "(`raybench study` with the same file) to complete it.", ""]
 
 
 def _failed_section(ctx: ReportContext) -> list[str]:
@@ -94,35 +128,31 @@ def _failed_section(ctx: ReportContext) -> list[str]:
     return lines + [""]
 
 
-def _write(out_dir: Path, files: dict[str, bytes]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in sorted(out_dir.iterdir()):
-        if old.is_file() and GENERATED_FILE.match(old.name) and old.name not in files:
-            old.unlink()
-    for name in sorted(files):
-        (out_dir / name).write_bytes(files[name])
-
-
 def build_report(study_dir: Path, out_dir: Path | None = None, *, n_bootstrap: int = 1000,
-                 n_permutations: int = 1000, seed: int = 0, dpi: int = 150) -> Path:
+                 n_permutations: int = 1000, seed: int = 0, dpi: int = 150,
+                 min_positives: int = 10) -> Path:
     """Write ``report.md`` with its PNG figures and CSVs; return the ``report.md`` path.
 
     ``out_dir`` defaults to ``study_dir / "report"``. ``n_bootstrap`` / ``n_permutations``
     are the resample counts of the CIs and permutation tests, ``seed`` their RNG seed, ``dpi``
-    the PNG resolution. Raises :class:`RaybenchError` when the study directory or its
-    ``trials.parquet`` is missing or malformed. Failed trials are reported, never fatal.
+    the PNG resolution, ``min_positives`` the rarer-class count below which a figure is flagged
+    (see :mod:`raybench.report.small_sample`). Raises :class:`RaybenchError` when the study
+    directory or its ``trials.parquet`` is missing or malformed. Failed trials are reported,
+    never fatal.
     """
-    if n_bootstrap < 1 or n_permutations < 1 or dpi < 10:
-        raise RaybenchError("n_bootstrap and n_permutations must be >= 1 and dpi >= 10")
+    if n_bootstrap < 1 or n_permutations < 1 or dpi < 10 or min_positives < 1:
+        raise RaybenchError("n_bootstrap, n_permutations and min_positives must be >= 1 and "
+                            "dpi >= 10")
     study = load_study(study_dir)
     out = Path(out_dir) if out_dir is not None else study.root / "report"
     ctx = ReportContext(study, ReportOptions(n_bootstrap=n_bootstrap,
-                                             n_permutations=n_permutations, seed=seed, dpi=dpi))
+                                             n_permutations=n_permutations, seed=seed, dpi=dpi,
+                                             min_positives=min_positives))
     with np.errstate(all="ignore"):
         lines = [*_header(ctx), *main_results_section(ctx), *per_label_section(ctx),
                  *robustness_section(ctx), *fairness_section(ctx),
                  *calibration_cost_section(ctx), *search_section(ctx), *_failed_section(ctx)]
     text = "\n".join(lines).rstrip("\n") + "\n"
     ctx.files[REPORT_NAME] = text.encode("utf-8")
-    _write(out, ctx.files)
+    write_outputs(out, ctx.files)
     return out / REPORT_NAME

@@ -23,7 +23,8 @@ def run_report(args: argparse.Namespace) -> int:
     storage = StudyStorage.from_setting(args.study_dir)
     storage.pull()  # a remote study: download what the report reads into its local copy
     path = build_report(storage.local, args.out, n_bootstrap=args.bootstrap,
-                        n_permutations=args.permutations, seed=args.seed, dpi=args.dpi)
+                        n_permutations=args.permutations, seed=args.seed, dpi=args.dpi,
+                        min_positives=args.min_positives)
     if args.out is None:
         storage.push("report")
     print(f"wrote {path}" + (f" (and {storage.join('report')})"
@@ -45,6 +46,9 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
                         help="permutations for the paired tests (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="resampling seed (default 0)")
     parser.add_argument("--dpi", type=int, default=150, help="PNG resolution (default 150)")
+    parser.add_argument("--min-positives", type=int, default=10,
+                        help="flag (†) figures resting on fewer test samples of the rarer "
+                             "class (default 10)")
     parser.set_defaults(func=run_report)
     return parser
 

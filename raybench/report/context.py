@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from raybench.metrics import higher_is_better
+from raybench.report.completeness import Completeness
 from raybench.report.load import PredictionSet, Study
 from raybench.report.select import select_configurations, selected_rows
 from raybench.report.tables import csv_bytes, slug
@@ -35,6 +36,7 @@ class ReportOptions:
     dpi: int = 150
     threshold: float = 0.5
     ci_level: float = 0.95
+    min_positives: int = 10  # figures resting on fewer test positives are flagged
 
 
 @dataclass
@@ -44,10 +46,35 @@ class ReportContext:
     study: Study
     options: ReportOptions
     selection: pd.DataFrame = field(init=False)
+    completeness: Completeness = field(init=False)
     files: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.selection = select_configurations(self.study.trials)
+        self.selection = select_configurations(self.study.trials, self.study.expected_seeds)
+        self.completeness = Completeness.of(self.study.config, self.study.trials)
+
+    def incomplete_mark(self, task: str, cohort: str) -> str:
+        """`` — INCOMPLETE`` for a heading when an experiment of the task and cohort misses
+        trials, else an empty string."""
+        sel = self.selection
+        ids = sel.loc[(sel["task"] == task) & (sel["cohort"] == cohort), "experiment_id"]
+        return " — INCOMPLETE" if self.completeness.incomplete(ids) else ""
+
+    def incomplete_note(self, task: str, cohort: str) -> list[str]:
+        """A paragraph naming the experiments of a task and cohort that miss trials."""
+        sel = self.selection
+        rows = sel[(sel["task"] == task) & (sel["cohort"] == cohort)]
+        parts = []
+        for _, row in rows.iterrows():
+            missing = self.completeness.missing(str(row["experiment_id"]))
+            if missing:
+                parts.append(f"{row['method']} at CXR missing ratio {row['missing_ratio']:g}: "
+                             f"{missing[0]} of {missing[1]} trials missing")
+        if not parts:
+            return []
+        return [f"**INCOMPLETE**: {'; '.join(parts)}. Their figures rest on the trials "
+                "finished so far; a configuration counts only with every seed of the study.",
+                ""]
 
     @property
     def trials(self) -> pd.DataFrame:

@@ -48,7 +48,8 @@ def format_params(params: str) -> str:
 def convergence_data(ctx: ReportContext, task: str, cohort: str) -> pd.DataFrame:
     """Per method and configuration: mean validation metric, eligibility, best so far."""
     rows = ctx.experiments(task, cohort)
-    summary = config_summary(ctx.trials[ctx.trials["experiment_id"].isin(rows["experiment_id"])])
+    summary = config_summary(ctx.trials[ctx.trials["experiment_id"].isin(rows["experiment_id"])],
+                             ctx.study.expected_seeds)
     hib = ctx.higher_is_better(task)
     out = []
     for _, exp in rows.iterrows():

@@ -7,12 +7,14 @@ missing ratio) with its seeds pooled; gaps are ``MetricFrame.difference()``. See
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from raybench.data import GROUP_COLUMNS
 from raybench.report.context import ReportContext
 from raybench.report.fairness import FAIRNESS_METRICS, prediction_set_fairness
 from raybench.report.figures import fairness_gap_figure
+from raybench.report.small_sample import FLAG, flag_text
 from raybench.report.tables import DASH, bold_best, fmt, md_table
 
 __all__ = ["fairness_settings", "fairness_section"]
@@ -37,7 +39,8 @@ def _collect(ctx: ReportContext, task: str, cohort: str, attributes: list[str],
             missing.append(str(row["method"]))
             continue
         g, d = prediction_set_fairness(pset, attributes, min_group_size=min_size,
-                                       threshold=ctx.options.threshold)
+                                       threshold=ctx.options.threshold,
+                                       min_positives=ctx.options.min_positives)
         groups.append(g.assign(method=row["method"]))
         gaps.append(d.assign(method=row["method"]))
     if not groups:
@@ -68,10 +71,12 @@ def _group_table(groups: pd.DataFrame, gaps: pd.DataFrame, attribute: str,
         for metric in metrics:
             part = shown[(shown["method"] == method) & (shown["metric"] == metric)]
             values = part.set_index("group")["value"].reindex(names)
+            small = part.set_index("group")["small_sample"].reindex(names).fillna(False)
             gap = gaps[(gaps["method"] == method) & (gaps["attribute"] == attribute)
                        & (gaps["metric"] == metric)]["gap"]
-            rows.append([method, metric, *[fmt(v) for v in values],
-                         fmt(gap.iloc[0]) if len(gap) else DASH])
+            cells = [fmt(v) + (FLAG if flag and np.isfinite(v) else "")
+                     for v, flag in zip(values, small, strict=True)]
+            rows.append([method, metric, *cells, fmt(gap.iloc[0]) if len(gap) else DASH])
     return md_table(headers, rows, "ll" + "r" * (len(names) + 1))
 
 
@@ -79,10 +84,18 @@ def _suppressed_text(groups: pd.DataFrame, min_size: int) -> str:
     sup = groups[groups["suppressed"]].drop_duplicates(["attribute", "group"])
     if sup.empty:
         return f"No group had fewer than {min_size} test samples."
+    small = sup[~sup["complementary"]]
     listed = "; ".join(f"{a}: " + ", ".join(f"`{g}`" for g in sorted(part["group"]))
-                       for a, part in sup.groupby("attribute", sort=True))
-    return (f"Suppressed groups (fewer than {min_size} test samples; not shown, excluded from "
+                       for a, part in small.groupby("attribute", sort=True))
+    text = (f"Suppressed groups (fewer than {min_size} test samples; not shown, excluded from "
             f"the gaps, counts withheld): {listed}.")
+    extra = sup[sup["complementary"]]
+    if len(extra):
+        listed = "; ".join(f"{a}: " + ", ".join(f"`{g}`" for g in sorted(part["group"]))
+                           for a, part in extra.groupby("attribute", sort=True))
+        text += (" Also withheld, so that no suppressed count can be recovered by subtracting "
+                 f"the shown groups from the total (complementary suppression): {listed}.")
+    return text
 
 
 def fairness_section(ctx: ReportContext) -> list[str]:
@@ -102,12 +115,17 @@ def fairness_section(ctx: ReportContext) -> list[str]:
         "need one positive class and are skipped). Gap = `MetricFrame.difference()` (max − min "
         "over the shown groups). "
         f"Groups with fewer than {min_size} test samples are suppressed before the "
-        "`MetricFrame` is built: they are not shown and do not enter the gap. Bold: smallest "
-        "gap per row.", ""]
+        "`MetricFrame` is built: they are not shown and do not enter the gap; when any group "
+        "is suppressed, the next smallest groups are withheld too until at least two groups "
+        f"holding at least {min_size} samples together are withheld, so that no suppressed "
+        "count follows from the total (complementary suppression). Bold: smallest gap per "
+        f"row. {flag_text(ctx.options.min_positives)} (Per-group class counts are not shown: "
+        "they would be small counts.)", ""]
     for task, cohort in ctx.task_cohorts():
         methods = list(ctx.experiments(task, cohort)["method"])
         groups, gaps, missing = _collect(ctx, task, cohort, attributes, min_size)
-        lines += [f"### {task} — {cohort} cohort", ""]
+        lines += [f"### {task} — {cohort} cohort{ctx.incomplete_mark(task, cohort)}", "",
+                  *ctx.incomplete_note(task, cohort)]
         if groups.empty:
             lines += ["No test predictions available.", ""]
             continue

@@ -111,6 +111,7 @@ def convergence_figure(data: pd.DataFrame, title: str, ylabel: str, dpi: int = 1
         ax.set_title(title)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3, lw=0.5)
-        ax.legend(loc="best", frameon=False)
+        if methods:
+            ax.legend(loc="best", frameon=False)
         fig.tight_layout()
         return _png(fig, dpi)

@@ -17,6 +17,7 @@ import yaml
 
 from raybench.data import GROUP_COLUMNS
 from raybench.errors import RaybenchError
+from raybench.ownership import safe_relpath
 
 __all__ = ["PredictionSet", "Study", "load_study", "probability_arrays"]
 
@@ -72,6 +73,17 @@ class Study:
         """The study's name from ``resolved_study.yaml`` (else the directory name)."""
         return str(self.config.get("name") or self.root.name)
 
+    @property
+    def expected_seeds(self) -> list[int] | None:
+        """The seeds the study asks for (``resolved_study.yaml``), or None when unknown."""
+        seeds = self.config.get("seeds")
+        if not isinstance(seeds, list) or not seeds:
+            return None
+        try:
+            return [int(s) for s in seeds]
+        except (TypeError, ValueError):
+            return None
+
     def section(self, key: str) -> dict:
         """A mapping section of ``resolved_study.yaml`` (empty when absent)."""
         value = self.config.get(key)
@@ -79,9 +91,15 @@ class Study:
 
     def read_predictions(self, row: pd.Series) -> pd.DataFrame | None:
         """The predictions frame of one trial row, or None when the file is absent."""
-        rel = row.get("predictions_file")
-        if not isinstance(rel, str) or not rel:
-            rel = f"predictions/{row['trial_id']}.parquet"
+        given = row.get("predictions_file")
+        if not isinstance(given, str) or not given:
+            given = f"predictions/{row['trial_id']}.parquet"
+        rel = safe_relpath(given)
+        if rel is None:  # trials.parquet is data from the study directory: never trusted
+            raise RaybenchError(
+                f"{self.root / 'trials.parquet'}: trial {row['trial_id']}: predictions_file "
+                f"{given!r} is not a relative path inside the study directory (absolute "
+                "paths and '..' are refused)")
         path = self.root / rel
         if not path.is_file():
             return None

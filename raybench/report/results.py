@@ -15,10 +15,11 @@ import pandas as pd
 
 from raybench.metrics import higher_is_better
 from raybench.report.context import KEY_METRICS, ReportContext
+from raybench.report.small_sample import FLAG, ClassCounts, class_counts, flag_text
 from raybench.report.stats import bootstrap_ci, paired_permutation_test, selection_scorer
 from raybench.report.tables import DASH, bold_best, fmt, fmt_p, md_table, mean_sd, metric_label
 
-__all__ = ["best_unimodal", "main_results_section", "per_label_section"]
+__all__ = ["best_unimodal", "main_results_section", "per_label_section", "row_counts"]
 
 
 def best_unimodal(rows: pd.DataFrame) -> pd.Series | None:
@@ -42,14 +43,27 @@ def _metric_values(ctx: ReportContext, row: pd.Series, metric: str) -> np.ndarra
     return seeds[column].to_numpy(np.float64)
 
 
-def _ci_cell(ctx: ReportContext, row: pd.Series, scorer) -> tuple[str, int]:
+def row_counts(ctx: ReportContext, row: pd.Series) -> ClassCounts | None:
+    """Test class counts of an experiment's selected configuration (None: no predictions)."""
+    pset = ctx.predictions(row)
+    return None if pset is None else class_counts(pset.kind, pset.y_true)
+
+
+def _ci_cell(ctx: ReportContext, row: pd.Series, scorer) -> tuple[str, int, int]:
+    """``([low, high] text, test samples, degenerate resamples)``; the text shows the number
+    of degenerate resamples and the small-sample flag."""
     pset = ctx.predictions(row)
     if pset is None:
-        return DASH, 0
+        return DASH, 0, 0
     o = ctx.options
     ci = bootstrap_ci(scorer, pset.y_true, pset.probs, n_resamples=o.n_bootstrap,
                       seed=o.seed, level=o.ci_level)
-    return f"[{fmt(ci.low)}, {fmt(ci.high)}]", len(pset.y_true)
+    text = f"[{fmt(ci.low)}, {fmt(ci.high)}]"
+    if ci.n_valid < ci.n_resamples:
+        text += f" ({ci.n_resamples - ci.n_valid:,} degenerate)"
+    if class_counts(pset.kind, pset.y_true).is_small(o.min_positives):
+        text += FLAG
+    return text, len(pset.y_true), ci.n_resamples - ci.n_valid
 
 
 def _permutation_cell(ctx: ReportContext, row: pd.Series, ref: pd.Series, scorer) -> str:
@@ -67,7 +81,8 @@ def _permutation_cell(ctx: ReportContext, row: pd.Series, ref: pd.Series, scorer
                                   n_permutations=o.n_permutations, seed=o.seed)
     if not np.isfinite(res.statistic):
         return DASH
-    return f"{res.statistic:+.3f} (p = {fmt_p(res.p_value)})"
+    small = class_counts(a.kind, a.y_true).is_small(o.min_positives)
+    return f"{res.statistic:+.3f} (p = {fmt_p(res.p_value)})" + (FLAG if small else "")
 
 
 def _main_table(ctx: ReportContext, task: str, cohort: str) -> list[str]:
@@ -81,13 +96,17 @@ def _main_table(ctx: ReportContext, task: str, cohort: str) -> list[str]:
     columns: dict[str, list[str]] = {m: [] for m in metrics}
     means: dict[str, list[float]] = {m: [] for m in metrics}
     ci_cells, p_cells, seed_counts, n_test = [], [], [], set()
+    counts = [row_counts(ctx, row) for _, row in rows.iterrows()]
+    small = [c is not None and c.is_small(o.min_positives) for c in counts]
+    any_degenerate = False
     for _, row in rows.iterrows():
         for m in metrics:
             mean, _, text = mean_sd(_metric_values(ctx, row, m))
             columns[m].append(text)
             means[m].append(mean)
         seed_counts.append(int(row["n_seeds"]))
-        ci, n = _ci_cell(ctx, row, scorer)
+        ci, n, degenerate = _ci_cell(ctx, row, scorer)
+        any_degenerate |= degenerate > 0
         ci_cells.append(ci)
         if n:
             n_test.add(n)
@@ -97,20 +116,26 @@ def _main_table(ctx: ReportContext, task: str, cohort: str) -> list[str]:
         else:
             p_cells.append(_permutation_cell(ctx, row, ref, scorer))
     for m in metrics:
-        columns[m] = bold_best(columns[m], means[m], higher_is_better(m))
-    counts = sorted({c for c in seed_counts if c})
-    seeds_text = f"{counts[0]} seeds" if len(counts) == 1 else "the seeds in column *seeds*"
+        columns[m] = [t + FLAG if flagged and t != DASH else t for t, flagged in
+                      zip(bold_best(columns[m], means[m], higher_is_better(m)), small,
+                          strict=True)]
+    seed_numbers = sorted({c for c in seed_counts if c})
+    seeds_text = (f"{seed_numbers[0]} seeds" if len(seed_numbers) == 1
+                  else "the seeds in column *seeds*")
     label = metric_label(metric)
     ref_name = ref["method"] if ref is not None else "best unimodal"
     level = f"{o.ci_level * 100:g} %"
     headers = (["Method", "Modalities"] + [metric_label(m) for m in metrics]
-               + ([] if len(counts) == 1 else ["seeds"])
+               + ([] if len(seed_numbers) == 1 else ["seeds"])
                + [f"{label} {level} CI", f"Δ {label} vs {ref_name} (p)"])
     table_rows = []
     for i, (_, row) in enumerate(rows.iterrows()):
         name = row["method"] if row["config_id"] >= 0 else f"{row['method']} (no eligible config)"
+        missing = ctx.completeness.missing(str(row["experiment_id"]))
+        if missing:
+            name += f" (INCOMPLETE: {missing[0]} of {missing[1]} trials missing)"
         cells = [name, row["modalities"]] + [columns[m][i] for m in metrics]
-        cells += [] if len(counts) == 1 else [str(seed_counts[i])]
+        cells += [] if len(seed_numbers) == 1 else [str(seed_counts[i])]
         table_rows.append(cells + [ci_cells[i], p_cells[i]])
     n_text = ", ".join(str(n) for n in sorted(n_test)) or "no"
     caption = (
@@ -125,13 +150,23 @@ def _main_table(ctx: ReportContext, task: str, cohort: str) -> list[str]:
         f"two-sided paired permutation test, {o.n_permutations:,} permutations swapping the "
         f"two methods' predictions within each sample (seed {o.seed}).*"
     )
+    if any_degenerate:
+        caption += (f" *(n degenerate): n of the {o.n_bootstrap:,} bootstrap resamples had no "
+                    f"positive or no negative, which leaves {label} undefined; they are left out "
+                    "of the CI, which therefore describes only test sets holding both classes "
+                    "and is too narrow.*")
+    if any(small):
+        caption += f" *{flag_text(o.min_positives)}*"
     if not n_test:
         caption = (f"*No method has an eligible configuration here: every configuration had a "
                    f"failed seed or an undefined validation {label} (e.g. a validation split "
                    f"without both classes).* " + caption)
     ratio = ctx.baseline_ratio(task, cohort)
+    tested = "; ".join(dict.fromkeys(c.text() for c in counts if c is not None))
     return [f"### {task} — {cohort} cohort (CXR missing ratio {ratio:g}; mean ± SD over "
-            f"{seeds_text})", "",
+            f"{seeds_text}){ctx.incomplete_mark(task, cohort)}", "",
+            f"Test set: {tested or 'no predictions'}.", "",
+            *ctx.incomplete_note(task, cohort),
             *md_table(headers, table_rows, "ll" + "r" * (len(headers) - 2)), "", caption, ""]
 
 
@@ -157,20 +192,44 @@ def _rank_table(ctx: ReportContext, task: str, cohort: str) -> list[str]:
         return []
     ranks = grid.rank(axis=1, ascending=False, method="average").mean(axis=0)
     macro = [mean_sd(_metric_values(ctx, r, "auprc_macro"))[0] for _, r in rows.iterrows()]
-    table = []
+    positives = _label_positives(ctx, rows, names)
+    o = ctx.options
+    table, flagged = [], False
     for name, values in grid.iterrows():
-        table.append([name, *bold_best([fmt(v) for v in values], list(values), True)])
-    table.append(["macro AUPRC", *bold_best([fmt(v) for v in macro], macro, True)])
-    table.append(["**average rank**",
+        pos = positives.get(name)
+        small = pos is not None and min(pos) < o.min_positives
+        flagged |= small
+        cells = [t + FLAG if small and t != DASH else t
+                 for t in bold_best([fmt(v) for v in values], list(values), True)]
+        table.append([name, DASH if pos is None else f"{pos[0]:,}", *cells])
+    table.append(["macro AUPRC", "", *bold_best([fmt(v) for v in macro], macro, True)])
+    table.append(["**average rank**", "",
                   *bold_best([fmt(v, 2) for v in ranks], list(ranks), higher_is_better=False)])
     ratio = ctx.baseline_ratio(task, cohort)
     seeds = sorted({int(n) for n in rows["n_seeds"] if n})
-    return [f"### {task} — {cohort} cohort (CXR missing ratio {ratio:g})", "",
-            *md_table(["Condition", *methods], table, "l" + "r" * len(methods)), "",
+    return [f"### {task} — {cohort} cohort (CXR missing ratio {ratio:g})"
+            f"{ctx.incomplete_mark(task, cohort)}", "", *ctx.incomplete_note(task, cohort),
+            *md_table(["Condition", "test positives", *methods], table,
+                      "lr" + "r" * len(methods)), "",
             f"*Test AUPRC per condition, mean over {'/'.join(map(str, seeds))} seeds of each "
             "method's selected configuration; bold: best per row. Average rank: each "
             "condition ranks the methods (1 = highest AUPRC, ties share the mean rank), "
-            "averaged over conditions (lower is better).*", ""]
+            "averaged over conditions (lower is better). Test positives: samples with the "
+            "condition in the test set.*" + (f" *{flag_text(o.min_positives)}*" if flagged
+                                              else ""), ""]
+
+
+def _label_positives(ctx: ReportContext, rows: pd.DataFrame,
+                     names: list[str]) -> dict[str, tuple[int, int]]:
+    """Per label: (positives, rarer class count) in the first available prediction set."""
+    for _, row in rows.iterrows():
+        pset = ctx.predictions(row)
+        if pset is not None and pset.y_true.ndim == 2 and pset.y_true.shape[1] == len(names):
+            n = pset.y_true.shape[0]
+            pos = (pset.y_true == 1).sum(axis=0)
+            return {name: (int(p), int(min(p, n - p))) for name, p in zip(names, pos,
+                                                                          strict=True)}
+    return {}
 
 
 def per_label_section(ctx: ReportContext) -> list[str]:

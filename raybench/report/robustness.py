@@ -12,6 +12,8 @@ import pandas as pd
 
 from raybench.report.context import ReportContext
 from raybench.report.figures import robustness_figure
+from raybench.report.results import row_counts
+from raybench.report.small_sample import FLAG, flag_text
 from raybench.report.tables import DASH, md_table, mean_sd, metric_label
 
 __all__ = ["missing_splits_text", "robustness_data", "robustness_section"]
@@ -51,11 +53,14 @@ def robustness_data(ctx: ReportContext, task: str, cohort: str) -> pd.DataFrame:
             values = (seeds[f"test_{metric}"].to_numpy(np.float64)
                       if f"test_{metric}" in seeds.columns else np.array([]))
             mean, sd, _ = mean_sd(values)
+            counts = row_counts(ctx, row)
             rows.append({"task": task, "cohort": cohort, "method": method,
                          "modalities": row["modalities"],
                          "missing_ratio": float(row["missing_ratio"]),
                          "config_id": int(row["config_id"]), "metric": f"test_{metric}",
-                         "n_seeds": int(np.isfinite(values).sum()), "mean": mean, "sd": sd})
+                         "n_seeds": int(np.isfinite(values).sum()), "mean": mean, "sd": sd,
+                         "small_sample": bool(counts is not None
+                                              and counts.is_small(ctx.options.min_positives))})
     return pd.DataFrame(rows)
 
 
@@ -89,12 +94,16 @@ def robustness_section(ctx: ReportContext) -> list[str]:
                     cells.append(DASH)
                     continue
                 mean, sd = part.loc[ratio, "mean"], part.loc[ratio, "sd"]
-                cells.append(f"{mean:.3f} ± {sd:.3f}" if np.isfinite(sd) else f"{mean:.3f}")
+                cell = f"{mean:.3f} ± {sd:.3f}" if np.isfinite(sd) else f"{mean:.3f}"
+                cells.append(cell + (FLAG if part.loc[ratio, "small_sample"] else ""))
             table.append([method, *cells])
-        lines += [f"### {task} — {cohort} cohort", "",
+        flagged = bool(data["small_sample"].any())
+        lines += [f"### {task} — {cohort} cohort{ctx.incomplete_mark(task, cohort)}", "",
+                  *ctx.incomplete_note(task, cohort),
                   f"![{task} {cohort} robustness]({png})", "", f"Data: [{csv}]({csv})", "",
                   *md_table(["Method", *[f"ratio {r:g}" for r in ratios]], table,
-                            "l" + "r" * len(ratios)), ""]
+                            "l" + "r" * len(ratios)), "",
+                  *([f"*{flag_text(ctx.options.min_positives)}*", ""] if flagged else [])]
     if not any_figure:
         lines += ["The study has a single CXR missing ratio: no robustness curves.", ""]
     return lines

@@ -1,12 +1,16 @@
 """The selected configuration of each experiment: best mean VALIDATION selection metric.
 
-A configuration (``config_id``) is eligible when every seed the experiment ran finished with
-status ``ok`` and a finite validation selection metric. Among eligible configurations the one
+A configuration (``config_id``) is eligible when every seed the STUDY asks for
+(``resolved_study.yaml`` ``seeds``; without it, every seed the experiment ran) finished with
+status ``ok`` and a finite validation selection metric: an interrupted study's configuration
+with only some of its seeds is never selected. Among eligible configurations the one
 with the best mean validation metric over its seeds is selected (``higher_is_better`` decides
 the direction; ties go to the lowest ``config_id``). Test metrics are never looked at.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,15 +23,18 @@ EXPERIMENT_COLUMNS = ["experiment_id", "task", "kind", "cohort", "method", "moda
                       "multimodal", "missing_ratio", "selection_metric", "label_names"]
 
 
-def config_summary(trials: pd.DataFrame) -> pd.DataFrame:
+def config_summary(trials: pd.DataFrame,
+                   expected_seeds: Sequence[int] | None = None) -> pd.DataFrame:
     """One row per (experiment, configuration): seeds run/ok, validation mean and SD, eligibility.
 
-    The expected seeds of an experiment are all seeds that appear in any of its rows, so a
-    configuration missing a seed (or with a failed one) is not eligible.
+    The expected seeds are ``expected_seeds`` (the study's) or, when not given, all seeds that
+    appear in any row of the experiment; a configuration missing one of them (or with a
+    failed one) is not eligible.
     """
     rows = []
     for exp_id, exp in trials.groupby("experiment_id", sort=True):
-        expected = set(exp["seed"])
+        expected = set(exp["seed"]) if expected_seeds is None else {int(s) for s in
+                                                                     expected_seeds}
         metric = str(exp["selection_metric"].iloc[0])
         column = f"val_{metric}"
         for config_id, cfg in exp.groupby("config_id", sort=True):
@@ -47,13 +54,15 @@ def config_summary(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def select_configurations(trials: pd.DataFrame) -> pd.DataFrame:
+def select_configurations(trials: pd.DataFrame,
+                          expected_seeds: Sequence[int] | None = None) -> pd.DataFrame:
     """One row per experiment with its selected ``config_id`` (-1 when none is eligible).
 
     Columns: the experiment's descriptors (:data:`EXPERIMENT_COLUMNS`), ``config_id``,
     ``n_seeds``, ``val_mean``, ``val_sd``, ``n_configs`` and ``n_eligible``.
+    ``expected_seeds``: see :func:`config_summary`.
     """
-    summary = config_summary(trials)
+    summary = config_summary(trials, expected_seeds)
     meta = trials.drop_duplicates("experiment_id")[EXPERIMENT_COLUMNS].set_index("experiment_id")
     rows = []
     for exp_id, configs in summary.groupby("experiment_id", sort=True):
