@@ -440,8 +440,8 @@ def test_validate_prints_trials_and_estimated_cost(tmp_path, capsys, monkeypatch
     assert "estimated cost: unknown" in out
     # Measured costs: the per-batch table (CPU) for ehr_lstm, this study's trials for medfuse.
     table = tmp_path / "costs.csv"
-    table.write_text("# measured\nmethod,cxr_backbone,crop,device,seconds_per_batch\n"
-                     "ehr_lstm,-,0,cpu,0.36\n")
+    table.write_text("# measured\nmethod,cxr_backbone,crop,device,epoch_overhead_s,"
+                     "seconds_per_batch\nehr_lstm,-,0,cpu,0.4,0.32\n")
     monkeypatch.setattr("raybench.study.estimate.EPOCH_COSTS", table)
     storage.mkdir()
     pd.DataFrame({"task": ["mortality"] * 2, "cohort": ["base"] * 2,
@@ -450,7 +450,8 @@ def test_validate_prints_trials_and_estimated_cost(tmp_path, capsys, monkeypatch
         storage / "trials.parquet")
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
-    # ehr_lstm: 8 trials x 5 epochs x 10 batches x 0.36 s = 144 s; medfuse: 8 x 5 x 15 s = 600 s
+    # ehr_lstm: 8 trials x 5 epochs x (0.4 s + 10 batches x 0.32 s) = 144 s;
+    # medfuse: 8 trials x 5 epochs x 15 s (its own trials: 20 s and 40 s over 2 epochs) = 600 s
     assert ("estimated cost: at most 0.21 trial-hours, 0.00 GPU-hours (upper bound: every "
             "trial runs all its epochs) for 2 of 2 experiments") in out
-    assert "per-batch CPU costs in costs.csv" in out and "this study's trials" in out
+    assert "CPU costs in costs.csv" in out and "this study's trials" in out

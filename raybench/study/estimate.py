@@ -7,11 +7,12 @@ epochs; early stopping ends many sooner) built from measured per-epoch costs, wh
 1. this study's own finished trials (``trials.parquet`` of an earlier or interrupted run):
    median ``runtime_s / epochs_run`` per task, cohort and method, i.e. measured on this data,
    these settings and this hardware;
-2. else the per-batch training costs in ``epoch_costs.csv`` (measured by
-   ``benchmarks/epoch_costs.py``; CPU only so far) for the method, CXR backbone and crop, times
-   the batches of an epoch (``training.max_train_batches``, or the train split size of a
-   prepared ``data.path`` divided by the batch size) -- CPU studies only (``resources.gpu``
-   0), since a CPU cost says nothing about a GPU.
+2. else the training costs in ``epoch_costs.csv`` (``RAYBENCH_EPOCH_COSTS``), which
+   ``benchmarks/epoch_costs.py`` measures on your machine (none ships with raybench; CPU only)
+   for the method, CXR backbone and crop: a per-epoch overhead plus a cost per batch, times
+   the batches of an epoch (``training.max_train_batches``, or the train
+   split size of a prepared ``data.path`` divided by the batch size) -- CPU studies only
+   (``resources.gpu`` 0), since a CPU cost says nothing about a GPU.
 
 Anything else is reported as unknown, by experiment count, never guessed.
 """
@@ -22,6 +23,7 @@ import csv
 import io
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,9 @@ import pandas as pd
 
 __all__ = ["CostEstimate", "estimate_study"]
 
-EPOCH_COSTS = Path(__file__).with_name("epoch_costs.csv")
+#: Training costs measured on this machine by ``benchmarks/epoch_costs.py`` (none ship).
+EPOCH_COSTS = Path(os.environ.get("RAYBENCH_EPOCH_COSTS")
+                   or Path(__file__).with_name("epoch_costs.csv"))
 
 
 @dataclass
@@ -90,14 +94,14 @@ def _study_epoch_seconds(storage) -> dict[tuple, float]:
             for key, part in ok.groupby(["task", "cohort", "method"])}
 
 
-def _batch_costs() -> dict[tuple, float]:
-    """(method, cxr_backbone, crop, device) -> seconds per training batch of 16."""
+def _batch_costs() -> dict[tuple, tuple[float, float]]:
+    """(method, cxr_backbone, crop, device) -> (epoch overhead s, seconds per batch of 16)."""
     if not EPOCH_COSTS.is_file():
         return {}
     with EPOCH_COSTS.open() as handle:
         return {(r["method"], r["cxr_backbone"], int(r["crop"]), r["device"]):
-                float(r["seconds_per_batch"]) for r in csv.DictReader(
-                    line for line in handle if not line.startswith("#"))}
+                (float(r.get("epoch_overhead_s") or 0.0), float(r["seconds_per_batch"]))
+                for r in csv.DictReader(line for line in handle if not line.startswith("#"))}
 
 
 def _train_samples(study, task: str, cohort: str) -> int | None:
@@ -158,8 +162,9 @@ def estimate_study(study, storage=None) -> CostEstimate:
             cost = batch_costs.get(key) if key else None
             batches = _batches_per_epoch(study, e.task, e.cohort)
             if cost is not None and batches is not None:
-                per_epoch = cost * batches * study.training.batch_size / 16
-                source = f"per-batch CPU costs in {EPOCH_COSTS.name}"
+                overhead, per_batch = cost
+                per_epoch = overhead + per_batch * batches * study.training.batch_size / 16
+                source = f"measured CPU costs in {EPOCH_COSTS.name}"
         if per_epoch is None:
             estimate.unknown.append(e.experiment_id)
             continue
