@@ -283,6 +283,45 @@ def require_inputs(data: PreparedTask, inputs: Collection[str], method: str = "t
             "preprocess`")
 
 
+def ehr_windows(data: PreparedTask, idx: np.ndarray, max_len: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """First EHR row and number of steps each sample's model input uses (the most recent
+    ``max_len`` steps); equal windows give equal inputs, whatever the task."""
+    steps = np.minimum(data.n_steps[idx], max_len).astype(np.int64)
+    return data.ehr_start[idx] + data.n_steps[idx] - steps, steps
+
+
+def ehr_batch(ehr: np.ndarray, start: np.ndarray, steps: np.ndarray) -> torch.Tensor:
+    """``[B, T, F]`` EHR input of the windows ``(start, steps)``, right-padded with zeros."""
+    offsets = np.arange(int(steps.max()))[None, :]
+    valid = offsets < steps[:, None]
+    rows = np.where(valid, start[:, None] + offsets, len(ehr) - 1)  # last row: zeros
+    return torch.from_numpy(ehr[rows])
+
+
+def image_batch(images: np.ndarray, rows: np.ndarray, crop: int,
+                device: str | torch.device = "cpu",
+                augment: tuple[LoaderConfig, torch.Generator] | None = None) -> torch.Tensor:
+    """``[B, 3, crop, crop]`` model input from uint8 image ``rows`` (-1: no image, all zeros).
+
+    Centre crop, or with ``augment = (config, generator)`` the random affine of
+    :func:`_augment_crop`; then ``x / 255`` ImageNet-normalised.
+    """
+    present = rows >= 0
+    size = images.shape[1]
+    pixels = torch.from_numpy(images[np.maximum(rows, 0)]).to(device).unsqueeze(1)
+    if augment is not None:
+        pixels = _augment_crop(pixels.float(), crop, augment[0], augment[1])
+    else:
+        top = (size - crop) // 2
+        pixels = pixels[:, :, top:top + crop, top:top + crop].float()
+    # x / 255, ImageNet-normalised, zero where the image is missing: one multiply-add.
+    keep = torch.from_numpy(present).to(device=device, dtype=torch.float32).view(-1, 1, 1, 1)
+    pixels = pixels.mul_(keep / (255.0 * IMAGENET_STD)).sub_(keep * (IMAGENET_MEAN
+                                                                     / IMAGENET_STD))
+    return pixels.expand(-1, 3, -1, -1)  # grey -> 3 channels as a view, no copy
+
+
 def make_batch(data: PreparedTask, idx: np.ndarray, cfg: LoaderConfig, *, train: bool,
                image_row: np.ndarray | None = None, gen: torch.Generator | None = None,
                device: str | torch.device = "cpu", inputs: Collection[str] = ()
@@ -291,31 +330,16 @@ def make_batch(data: PreparedTask, idx: np.ndarray, cfg: LoaderConfig, *, train:
 
     ``inputs`` names the optional keys to add (a model's ``inputs``), e.g. ``cxr_hours``.
     """
-    steps = np.minimum(data.n_steps[idx], cfg.max_len).astype(np.int64)
-    start = data.ehr_start[idx] + data.n_steps[idx] - steps  # keep the most recent steps
-    t = int(steps.max())
-    offsets = np.arange(t)[None, :]
-    valid = offsets < steps[:, None]
-    rows = np.where(valid, start[:, None] + offsets, len(data.ehr) - 1)  # last row: zeros
-    ehr = torch.from_numpy(data.ehr[rows])
+    start, steps = ehr_windows(data, idx, cfg.max_len)
+    ehr = ehr_batch(data.ehr, start, steps)
     rows_img = (data.image_row if image_row is None else image_row)[idx]
     present = rows_img >= 0
     size = data.image_size
     crop = cfg.crop or max(8, size * 7 // 8)
     if data.images.size:
-        pixels = torch.from_numpy(data.images[np.maximum(rows_img, 0)]).to(device)
-        pixels = pixels.unsqueeze(1)
-        if train and cfg.augment:
-            pixels = _augment_crop(pixels.float(), crop, cfg,
-                                   gen or torch.Generator().manual_seed(0))
-        else:
-            top = (size - crop) // 2
-            pixels = pixels[:, :, top:top + crop, top:top + crop].float()
-        # x / 255, ImageNet-normalised, zero where the image is missing: one multiply-add.
-        keep = torch.from_numpy(present).to(device=device, dtype=torch.float32).view(-1, 1, 1, 1)
-        pixels = pixels.mul_(keep / (255.0 * IMAGENET_STD)).sub_(keep * (IMAGENET_MEAN
-                                                                         / IMAGENET_STD))
-        cxr = pixels.expand(-1, 3, -1, -1)  # grey -> 3 channels as a view, no copy
+        cxr = image_batch(data.images, rows_img, crop, device,
+                          (cfg, gen or torch.Generator().manual_seed(0))
+                          if train and cfg.augment else None)
     else:
         cxr = torch.zeros(len(idx), 3, crop, crop, device=device)
     y = torch.from_numpy(data.y[idx])

@@ -7,6 +7,17 @@ special case here. The model's hooks run in every stage: ``on_epoch_start`` befo
 first batch, ``after_backward`` between ``loss.backward()`` and ``optimizer.step()``,
 ``on_epoch_end`` after the epoch's last step and before its validation. Deterministic under
 a seed on CPU; bf16 autocast on CUDA.
+
+A stage whose ``stage_objective`` is ``"self"`` (self-supervised pretraining) reads no label:
+its loss is the sum of the model's ``aux_losses``, it trains on the samples its
+``stage_samples`` asks for (``"paired"``: with an image), early-stops on the same loss over
+the validation split (patience ``ssl_patience``) and, given a
+:class:`raybench.pretrain.StageCheckpoints`, stores a checkpoint every ``probe_every`` epochs
+from which a killed run resumes.
+:func:`raybench.pretrain.pretrain` runs only those stages; :func:`train_and_evaluate`
+with ``pretrained`` loads their result instead of training them. Each stage's optimiser and
+learning-rate schedule come from the model's ``optimizer_spec`` (default: Adam/AdamW,
+constant).
 """
 
 from __future__ import annotations
@@ -14,7 +25,9 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,10 +41,15 @@ from raybench.data import (
     iterate_batches,
     require_inputs,
 )
+from raybench.errors import RaybenchError
 from raybench.metrics import bucket_means_from_train, compute_metrics, higher_is_better
 from raybench.models import DataSpec, TaskSpec, build_model
-from raybench.models.base import task_loss
+from raybench.models.base import MultimodalModel, OptimizerSpec, task_loss
+from raybench.optim import build_optimizer, lr_factor, set_lr
 from raybench.tasks import get_task
+
+if TYPE_CHECKING:
+    from raybench.pretrain import StageCheckpoints
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,11 @@ class TrainConfig:
     cxr_missing_ratio: float = 0.0
     cxr_missing_splits: tuple[str, ...] = ("train", "val", "test")
     loader: LoaderConfig = field(default_factory=LoaderConfig)
+    # Stages with objective "self" (self-supervised pretraining):
+    ssl_epochs: int | None = None  # default: pretrain_epochs, else epochs
+    ssl_patience: int = 30  # MedMod: early stopping on validation SSL loss, patience 30
+    ssl_batch_size: int | None = None  # default: loader.batch_size
+    probe_every: int | None = None  # checkpoint every k epochs (with StageCheckpoints)
 
 
 @dataclass
@@ -133,10 +156,31 @@ class _Run:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.model(batch)
 
-    def train_epoch(self, optimizer, epoch: int, epochs: int) -> float:
+    def stage_split(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """Train and validation samples of ``stage`` (only those with an image if paired)."""
+        if self.model.stage_samples(stage) == "all":
+            return self.train_idx, self.val_idx
+        return (self.train_idx[self.image_row[self.train_idx] >= 0],
+                self.val_idx[self.image_row[self.val_idx] >= 0])
+
+    def _loss(self, out, batch, objective: str) -> torch.Tensor:
+        loss = None
+        if objective == "task":
+            loss = task_loss(out.logits.float(), batch["y"], self.data.kind,
+                             out.extras.get("loss_mask"))
+        for aux in out.aux_losses.values():
+            loss = aux.float() if loss is None else loss + aux.float()
+        if loss is None:
+            raise RaybenchError(f"model {self.model.name!r}: a 'self' stage returned no "
+                                "aux_losses to train on")
+        return loss
+
+    def train_epoch(self, optimizer, epoch: int, epochs: int, indices: np.ndarray | None = None,
+                    objective: str = "task", loader: LoaderConfig | None = None) -> float:
         self.model.train()
         started, losses = time.perf_counter(), []
-        batches = iterate_batches(self.data, self.train_idx, self.cfg.loader, train=True,
+        batches = iterate_batches(self.data, self.train_idx if indices is None else indices,
+                                  loader or self.cfg.loader, train=True,
                                   seed=self.cfg.seed * 10_007 + epoch,
                                   image_row=self.image_row, device=self.device,
                                   inputs=self.inputs)
@@ -144,11 +188,10 @@ class _Run:
         for step, (idx, batch) in enumerate(batches):
             if self.cfg.max_train_batches is not None and step >= self.cfg.max_train_batches:
                 break
+            if objective == "self" and len(idx) < 2:
+                continue  # a trailing batch of one sample: losses over pairs need two
             out = self._forward(batch)
-            loss = task_loss(out.logits.float(), batch["y"], self.data.kind,
-                             out.extras.get("loss_mask"))
-            for aux in out.aux_losses.values():
-                loss = loss + aux.float()
+            loss = self._loss(out, batch, objective)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.model.after_backward(out, batch)
@@ -157,6 +200,18 @@ class _Run:
             self.samples_seen += len(idx)
         self.model.on_epoch_end(epoch)
         self.train_seconds += time.perf_counter() - started
+        return float(np.mean(losses)) if losses else math.nan
+
+    @torch.no_grad()
+    def evaluate_self(self, indices: np.ndarray, loader: LoaderConfig) -> float:
+        """Mean over validation batches of the summed ``aux_losses`` (a "self" stage)."""
+        self.model.eval()
+        losses = []
+        for idx, batch in iterate_batches(self.data, indices, loader, train=False,
+                                          image_row=self.image_row, device=self.device,
+                                          inputs=self.inputs):
+            if len(idx) >= 2:
+                losses.append(float(self._loss(self._forward(batch), batch, "self")))
         return float(np.mean(losses)) if losses else math.nan
 
     @torch.no_grad()
@@ -188,38 +243,110 @@ class _Run:
             return -math.inf
         return value if higher_is_better(self.task.selection_metric) else -value
 
-    def fit_stage(self, stage: str, epochs: int) -> tuple[int, dict]:
+    def _optimizer_spec(self, stage: str) -> OptimizerSpec:
+        spec = self.model.optimizer_spec(stage)
+        if spec is None:
+            hp = self.model.hparams
+            spec = OptimizerSpec(name="adamw" if self.cfg.optimizer == "adamw" else "adam",
+                                 lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
+        return spec
+
+    def _self_stage_loader(self, stage: str, train: np.ndarray) -> LoaderConfig:
+        loader = replace(self.cfg.loader,
+                         batch_size=self.cfg.ssl_batch_size or self.cfg.loader.batch_size)
+        if loader.batch_size < 2:
+            raise RaybenchError("contrastive and VICReg losses need at least 2 paired samples "
+                                f"per batch; got batch size {loader.batch_size}")
+        if len(train) < loader.batch_size:
+            raise RaybenchError(
+                f"stage {stage!r} of {self.model.name} trains on paired samples (with an "
+                f"image) of the training split: task {self.data.task!r} has {len(train)}, "
+                f"fewer than one batch of {loader.batch_size}; lower the SSL batch size or "
+                "use more data")
+        return loader
+
+    def fit_stage(self, stage: str, epochs: int, checkpoints: StageCheckpoints | None = None
+                  ) -> tuple[int, dict]:
+        """Train one stage with early stopping on validation; reload its best state."""
         self.model.set_stage(stage)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        opt_cls = torch.optim.AdamW if self.cfg.optimizer == "adamw" else torch.optim.Adam
-        optimizer = opt_cls(params, lr=self.model.hparams["lr"],
-                            weight_decay=self.model.hparams["weight_decay"])
-        best, best_epoch, best_state, best_metrics, waited = -math.inf, 0, None, {}, 0
-        for epoch in range(1, epochs + 1):
-            loss = self.train_epoch(optimizer, epoch, epochs)
-            metrics, _, _ = self.evaluate(self.val_idx)
-            score = self.score(metrics)
-            self.history.append({"stage": stage, "epoch": epoch, "train_loss": loss,
-                                 "val_" + self.task.selection_metric:
-                                     metrics.get(self.task.selection_metric)})
-            if score > best or best_state is None:
-                best, best_epoch, best_metrics, waited = score, epoch, metrics, 0
-                best_state = copy.deepcopy(self.model.state_dict())
+        objective = self.model.stage_objective(stage)
+        train, val = self.stage_split(stage)
+        loader, patience = self.cfg.loader, self.cfg.patience
+        if objective == "self":
+            loader, patience = self._self_stage_loader(stage, train), self.cfg.ssl_patience
+        spec = self._optimizer_spec(stage)
+        optimizer = build_optimizer(spec, self.model.named_parameters())
+        state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "best_state": None,
+                 "best_metrics": {}, "waited": 0}
+        snapshot = checkpoints.resume(stage) if checkpoints is not None else None
+        if snapshot is not None:
+            self.model.load_state_dict(snapshot["model"])
+            optimizer.load_state_dict(snapshot["optimizer"])
+            torch.set_rng_state(snapshot["rng"])
+            self.history = list(snapshot["history"])
+            state.update({k: snapshot[k] for k in state})
+        every = self.cfg.probe_every or epochs
+        for epoch in range(state["epoch"] + 1, epochs + 1):
+            if state["waited"] >= patience:
+                break
+            set_lr(optimizer, spec.lr * lr_factor(spec, epoch, epochs))
+            seconds = self.train_seconds
+            loss = self.train_epoch(optimizer, epoch, epochs, train, objective, loader)
+            seconds = self.train_seconds - seconds
+            if objective == "self":
+                val_loss = self.evaluate_self(val, loader)
+                metrics = {"ssl_loss": val_loss}
+                score = -val_loss if math.isfinite(val_loss) else -math.inf
+                record = {"val_ssl_loss": val_loss}
             else:
-                waited += 1
-                if waited >= self.cfg.patience:
-                    break
-        self.model.load_state_dict(best_state)
-        return best_epoch, best_metrics
+                metrics, _, _ = self.evaluate(val)
+                score = self.score(metrics)
+                key = self.task.selection_metric
+                record = {"val_" + key: metrics.get(key)}
+            self.history.append({"stage": stage, "epoch": epoch, "train_loss": loss,
+                                 "train_seconds": seconds, **record})
+            state["epoch"] = epoch
+            if score > state["best"] or state["best_state"] is None:
+                state.update(best=score, best_epoch=epoch, best_metrics=metrics, waited=0,
+                             best_state=copy.deepcopy(self.model.state_dict()))
+            else:
+                state["waited"] += 1
+            last = epoch == epochs or state["waited"] >= patience
+            if checkpoints is not None and objective == "self" and (epoch % every == 0 or last):
+                checkpoints.save(stage, epoch, self.model, {
+                    **state, "model": self.model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
+                    "history": list(self.history)})
+        self.model.load_state_dict(state["best_state"])
+        return state["best_epoch"], state["best_metrics"]
+
+
+def _self_stages(model: MultimodalModel) -> list[str]:
+    return [s for s in model.pretrain_stages() if model.stage_objective(s) == "self"]
+
+
+def _stage_epochs(cfg: TrainConfig, objective: str) -> int:
+    if objective == "self":
+        return cfg.ssl_epochs or cfg.pretrain_epochs or cfg.epochs
+    return cfg.pretrain_epochs or cfg.epochs
 
 
 def train_and_evaluate(data: PreparedTask, method: str, hparams: dict | None = None,
-                       cfg: TrainConfig | None = None) -> TrainResult:
-    """Train ``method`` on ``data`` (train split), select on validation, test once."""
+                       cfg: TrainConfig | None = None,
+                       pretrained: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
+    """Train ``method`` on ``data`` (train split), select on validation, test once.
+
+    ``pretrained`` (a ``pretrained_state()`` of the same method and pretraining
+    hyperparameters) is loaded first, and the ``"self"`` stages are then skipped.
+    """
     cfg = cfg or TrainConfig()
     run = _Run(data, method, dict(hparams or {}), cfg)
+    if pretrained is not None:
+        run.model.load_pretrained(pretrained)
     for stage in run.model.pretrain_stages():
-        run.fit_stage(stage, cfg.pretrain_epochs or cfg.epochs)
+        objective = run.model.stage_objective(stage)
+        if pretrained is None or objective != "self":
+            run.fit_stage(stage, _stage_epochs(cfg, objective))
     best_epoch, val_metrics = run.fit_stage("fusion", cfg.epochs)
     test_metrics, prob, infer = run.evaluate(run.test_idx)
     return TrainResult(

@@ -32,6 +32,9 @@ __all__ = [
     "ModelOutput",
     "ModelConfigError",
     "MultimodalModel",
+    "OptimizerSpec",
+    "STAGE_OBJECTIVES",
+    "STAGE_SAMPLES",
     "task_loss",
     "mean_probability_logits",
     "set_requires_grad",
@@ -46,6 +49,11 @@ SEARCH_SPACE_KINDS = frozenset({"loguniform", "uniform", "choice", "randint"})
 #: ``cxr_hours``: float32 ``[B]``, hours from the chosen image's study time to the sample's
 #: prediction time (>= 0), 0 where the sample has no image.
 OPTIONAL_INPUTS = frozenset({"cxr_hours"})
+#: What a training stage optimises: the task loss (plus ``aux_losses``) or, for a
+#: self-supervised stage, the ``aux_losses`` alone (no labels are read).
+STAGE_OBJECTIVES = ("task", "self")
+#: Which training samples a stage uses: all of the cohort, or only those with an image.
+STAGE_SAMPLES = ("all", "paired")
 #: Prefix of the observation-mask channels in the prepared EHR features (``mask:<variable>``).
 MASK_PREFIX = "mask:"
 
@@ -60,6 +68,28 @@ TRAINER_SEARCH_SPACE: dict[str, dict] = {
 
 class ModelConfigError(RaybenchError, ValueError):
     """Bad model name, hyperparameter or spec (a ``ValueError`` the CLI prints as one line)."""
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """How the trainer optimises one stage (see :mod:`raybench.optim`).
+
+    ``name``: ``adam`` | ``adamw`` | ``lars``; ``schedule``: the learning-rate multiplier
+    per epoch: ``constant``, ``multistep`` (x0.1 at each fraction ``milestones`` of the
+    stage's epochs), ``cosine`` (to 0 over the stage's epochs) or ``warmup_cosine_restarts``
+    (linear warm-up over ``warmup_epochs``, then cosine annealing with warm restarts every
+    ``restart_epochs``). ``momentum`` and ``trust_coefficient`` are LARS's.
+    """
+
+    name: str
+    lr: float
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    milestones: tuple[float, ...] = ()
+    warmup_epochs: int = 0
+    restart_epochs: int = 0
+    momentum: float = 0.9
+    trust_coefficient: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -212,10 +242,46 @@ class MultimodalModel(nn.Module):
         merged.update(overrides)
         return merged
 
+    @classmethod
+    def pretrain_keys(cls) -> tuple[str, ...]:
+        """Hyperparameters that define what the ``"self"`` stages learn (default none).
+
+        A study trains each distinct (method, values of these keys, seed, cohort, dataset)
+        once and every downstream trial loads the result (see ``docs/ssl.md``).
+        """
+        return ()
+
     # ----------------------------------------------------------------- training hooks
     def pretrain_stages(self) -> list[str]:
         """Stages to train, in order, before the normal ``"fusion"`` stage (default none)."""
         return []
+
+    def stage_objective(self, stage: str) -> str:
+        """``"task"`` (task loss + ``aux_losses``, the default) or ``"self"`` (``aux_losses``
+        only: a label-free stage, early-stopped on the validation ``aux_losses``)."""
+        return "task"
+
+    def stage_samples(self, stage: str) -> str:
+        """``"all"`` samples of the cohort (default) or only ``"paired"`` ones (with an image)."""
+        return "all"
+
+    def optimizer_spec(self, stage: str) -> OptimizerSpec | None:
+        """How to optimise ``stage``; None (default): the trainer's Adam/AdamW with the
+        ``lr`` and ``weight_decay`` hyperparameters and a constant learning rate."""
+        return None
+
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        """What a ``"self"`` stage produced, to store and reload (default: ``state_dict()``)."""
+        return self.state_dict()
+
+    def load_pretrained(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load what :meth:`pretrained_state` returned (the trainer then skips the
+        ``"self"`` stages); a key or shape mismatch raises ``ModelConfigError``."""
+        try:
+            self.load_state_dict(dict(state))
+        except RuntimeError as exc:
+            raise ModelConfigError(f"model {self.name!r}: pretrained state does not fit: "
+                                   f"{' '.join(str(exc).split())[:300]}") from None
 
     def set_stage(self, stage: str) -> None:
         """Switch heads/freezing for ``stage`` (one of ``pretrain_stages()`` or "fusion")."""
