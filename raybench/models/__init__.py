@@ -10,13 +10,16 @@ Importing this package imports every model module, which registers the models::
 from __future__ import annotations
 
 from raybench.models import (  # noqa: F401  (imported for registration)
+    align,
     concat_fusion,
+    convirt,
     cxr_resnet,
     daft,
     ehr_unimodal,
     late_fusion,
     medfuse,
     mmtm,
+    vicreg,
 )
 from raybench.models.base import (
     MODALITIES,
