@@ -79,12 +79,23 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     unsearched = [m for m in study.methods if not search_space_for(study, m)]
     note = (f" (not searched, one configuration: {', '.join(unsearched)})"
             if unsearched and study.search.type != "fixed" else "")
+    ssl = ""
+    if study.ssl is not None:
+        from raybench.study.searchers import planned_configurations
+        from raybench.study.ssl_plan import is_ssl_method, pretrain_space
+
+        downstream = sum(1 for e in experiments if is_ssl_method(e.method))
+        runs = sum(planned_configurations(study.ssl.pretrain_search,
+                                          pretrain_space(study, m)) for m in study.ssl.methods)
+        ssl = (f"; ssl: {runs * len(study.seeds)} pretraining runs ({runs} configurations x "
+               f"{len(study.seeds)} seeds), {downstream} of the experiments downstream "
+               "(<method>/<evaluation>/<modality>)")
     print(f"{args.file}: valid; {len(experiments)} experiments "
           f"({len(study.tasks)} tasks x {len(study.cohorts)} cohorts x "
           f"{len(study.methods)} methods x {len(study.robustness.cxr_missing_ratios)} "
           f"missing ratios, less the per-method restrictions), {len(study.seeds)} seeds per "
           f"configuration, search "
-          f"{study.search.type}{note}")
+          f"{study.search.type}{note}{ssl}")
     storage = StudyStorage.from_setting(study.storage)
     try:
         estimate = estimate_study(study, storage)

@@ -60,7 +60,7 @@ def refused(path: Path, overrides: tuple = ()) -> str:
 
 
 # ----------------------------------------------------------------------------- study files
-@pytest.mark.parametrize("name", ["demo", "debug", "robustness", "medmod", "carebench"])
+@pytest.mark.parametrize("name", ["demo", "debug", "robustness", "medmod", "carebench", "ssl"])
 def test_study_file_loads_and_round_trips(name):
     study = load_study(STUDIES / f"{name}.yaml")
     assert study.name == name
@@ -80,7 +80,7 @@ def test_study_file_loads_and_round_trips(name):
 
 def test_no_other_study_files_left_untested():
     assert sorted(p.stem for p in STUDIES.glob("*.yaml")) == sorted(
-        ["demo", "debug", "robustness", "medmod", "carebench"])
+        ["demo", "debug", "robustness", "medmod", "carebench", "ssl"])
 
 
 def test_study_file_contents():

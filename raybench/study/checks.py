@@ -44,8 +44,11 @@ def _method_problems(study: StudyConfig, name: str, method: MethodConfig) -> lis
     from raybench.models import ModelConfigError, get_model, validate_search_space
     from raybench.models.cxr_encoders import CXR_BACKBONES
     from raybench.models.ehr_encoders import EHR_ENCODERS
+    from raybench.study.ssl_plan import supervised_problem
     from raybench.tasks import get_task
 
+    if (problem := supervised_problem(name, method.hparams)) is not None:
+        return [problem]
     cls, where, problems = get_model(name), f"methods.{name}", []
     defaults = cls.default_hparams()
     valid = {"cxr_backbone": CXR_BACKBONES, "ehr_encoder": EHR_ENCODERS}
@@ -127,6 +130,10 @@ def cross_check(study: StudyConfig) -> list[str]:
     for name, method in study.methods.items():
         problems.extend(_method_problems(study, name, method))
     synthetic, crop = study.data.synthetic, study.training.crop
+    if study.ssl is not None:
+        from raybench.study.ssl_plan import ssl_problems
+
+        problems.extend(ssl_problems(study))
     if synthetic and crop and crop > synthetic.preprocess.cxr_image_size:
         problems.append(f"training.crop: {crop} is larger than the prepared images "
                         f"(data.synthetic.preprocess.cxr_image_size "

@@ -47,6 +47,14 @@ from raybench.study.schema import (
     SyntheticData,
     TrainingSection,
 )
+from raybench.study.ssl_plan import (
+    downstream_fixed,
+    downstream_space,
+    is_ssl_method,
+    ssl_experiment_methods,
+    ssl_ratio,
+    ssl_tasks,
+)
 
 if TYPE_CHECKING:
     from raybench.trainer import TrainConfig
@@ -57,8 +65,8 @@ __all__ = [
     "GPSearch", "MethodConfig", "RandomSearch", "ReportSection", "ResourcesSection",
     "RobustnessSection", "StudyConfig", "SyntheticData", "TrainingSection",
     "apply_overrides", "expand_experiments", "fixed_hparams_for", "load_study",
-    "method_cohorts", "method_missing_ratios", "resolved_dict", "search_space_for",
-    "smoke_test", "to_train_config", "validate_study",
+    "method_cohorts", "method_missing_ratios", "resolved_dict", "search_settings_for",
+    "search_space_for", "smoke_test", "to_train_config", "validate_study",
 ]
 
 
@@ -100,13 +108,15 @@ def method_missing_ratios(study: StudyConfig, method: str) -> tuple[float, ...]:
 
 
 def expand_experiments(study: StudyConfig) -> list[Experiment]:
-    """task x cohort x method x missing ratio, in file order.
+    """task x cohort x method x missing ratio, in file order, then the ``ssl`` section's
+    downstream experiments (task x cohort x ``<method>/<evaluation>/<modality>``).
 
     Nothing is skipped: the only cells left out are those a method's own ``cohorts`` /
-    ``cxr_missing_ratios`` exclude, written in the study file; impossible combinations were
+    ``cxr_missing_ratios`` exclude, written in the study file, and ``cxr`` SSL evaluations
+    on the base cohort (the CXR-only rule, docs/ssl.md); impossible combinations were
     refused at validation.
     """
-    return [
+    experiments = [
         Experiment(task, cohort, method, ratio)
         for task in study.tasks
         for cohort in study.cohorts
@@ -115,6 +125,17 @@ def expand_experiments(study: StudyConfig) -> list[Experiment]:
         for ratio in study.robustness.cxr_missing_ratios
         if ratio in method_missing_ratios(study, method)
     ]
+    if study.ssl is not None:
+        experiments += [Experiment(task, cohort, method, ssl_ratio(study))
+                        for task in ssl_tasks(study) for cohort in study.cohorts
+                        for method in ssl_experiment_methods(study, cohort)]
+    return experiments
+
+
+def search_settings_for(study: StudyConfig, method: str):
+    """The search section that explores ``method``: the study's, or ``ssl.downstream_search``
+    for a downstream SSL experiment (both have ``type`` and ``n_calls``)."""
+    return study.ssl.downstream_search if is_ssl_method(method) else study.search
 
 
 def search_space_for(study: StudyConfig, method: str) -> dict[str, dict]:
@@ -126,6 +147,8 @@ def search_space_for(study: StudyConfig, method: str) -> dict[str, dict]:
     The method's ``search_space`` override, else the model's ``search_space()``, without
     the hyperparameters the study fixes.
     """
+    if is_ssl_method(method):
+        return downstream_space(study, method)
     if study.search.type == "fixed":
         return {}
     return method_search_space(method, study.methods[method])
@@ -139,6 +162,8 @@ def fixed_hparams_for(study: StudyConfig, method: str) -> dict[str, Any]:
     """
     from raybench.models import get_model
 
+    if is_ssl_method(method):
+        return downstream_fixed(study, method)
     hparams = {**get_model(method).default_hparams(), **study.methods[method].hparams}
     searched = search_space_for(study, method)
     return {k: v for k, v in hparams.items() if k not in searched}
@@ -156,14 +181,21 @@ def to_train_config(study: StudyConfig, experiment: Experiment, seed: int) -> Tr
     def pick(general: int | None, for_hourly: int | None) -> int | None:
         return for_hourly if hourly and for_hourly is not None else general
 
+    ssl = {}
+    if study.ssl is not None:
+        ssl = {"ssl_epochs": study.ssl.epochs, "ssl_patience": study.ssl.patience,
+               "ssl_batch_size": study.ssl.batch_size, "probe_every": study.ssl.probe_every}
     return TrainConfig(
+        **ssl,
         epochs=t.epochs, patience=t.patience, pretrain_epochs=t.pretrain_epochs,
         optimizer=t.optimizer, seed=int(seed), amp=t.amp,
         max_train_batches=pick(t.max_train_batches, t.hourly_max_train_batches),
         max_val_samples=pick(t.max_val_samples, t.hourly_max_val_samples),
         cohort=experiment.cohort, cxr_missing_ratio=experiment.missing_ratio,
         cxr_missing_splits=tuple(study.robustness.missing_splits),
-        loader=LoaderConfig(batch_size=t.batch_size, crop=t.crop, augment=t.augment),
+        # MedMod's linear evaluation fits the probe on precomputed features: no augmentation
+        loader=LoaderConfig(batch_size=t.batch_size, crop=t.crop,
+                            augment=t.augment and "/linear/" not in experiment.method),
     )
 
 
@@ -191,15 +223,18 @@ def smoke_test(study: StudyConfig) -> StudyConfig:
     """A seconds-to-minutes version of ``study``: its first method on its first task, one
     cohort and ratio, 2 configurations x 2 seeds, 1 epoch of 4 batches, small synthetic data."""
     raw = study.model_dump(mode="python")
-    method = next(iter(study.methods))
+    method = next(iter(study.methods), None)  # none: an ssl-only study
     raw.update(
         name=f"{study.name}-smoke", storage=f"{study.storage.rstrip('/')}-smoke",
-        tasks=study.tasks[:1], cohorts=method_cohorts(study, method)[:1],
+        tasks=study.tasks[:1], seeds=study.seeds[:2],
+        cohorts=(method_cohorts(study, method) if method else study.cohorts)[:1],
         methods={method: {"hparams": study.methods[method].hparams,
-                          "search_space": study.methods[method].search_space}},
-        seeds=study.seeds[:2],
+                          "search_space": study.methods[method].search_space}
+                 } if method else {},
     )
-    raw["robustness"]["cxr_missing_ratios"] = method_missing_ratios(study, method)[:1]
+    raw["robustness"]["cxr_missing_ratios"] = (
+        method_missing_ratios(study, method) if method else study.robustness.cxr_missing_ratios
+    )[:1]
     if study.search.type == "gp":
         raw["search"].update(n_calls=2, n_initial_points=1)
     elif study.search.type == "random":
@@ -207,6 +242,16 @@ def smoke_test(study: StudyConfig) -> StudyConfig:
     raw["training"].update(epochs=1, patience=1, pretrain_epochs=1, max_train_batches=4,
                            hourly_max_train_batches=4, max_val_samples=64,
                            hourly_max_val_samples=64)
+    if study.ssl is not None:
+        ssl = raw["ssl"]
+        name = next(iter(study.ssl.methods))
+        ssl.update(methods={name: ssl["methods"][name]}, tasks=list(raw["tasks"]),
+                   evaluations=list(study.ssl.evaluations[:1]),
+                   modalities=[m for m in study.ssl.modalities if m != "cxr"][:1] or ["ehr"],
+                   epochs=2, probe_every=1, batch_size=min(study.ssl.batch_size, 16))
+        ssl["pretrain_search"].update(type="fixed")
+        ssl["downstream_search"].update(n_calls=1, n_initial_points=None)
+        ssl["probe"].update(epochs=5)
     synthetic = study.data.synthetic
     if synthetic is not None:
         size = min(64, synthetic.preprocess.cxr_image_size)

@@ -139,7 +139,13 @@ def _crop(study) -> int:
 
 def estimate_study(study, storage=None) -> CostEstimate:
     """Trials and estimated cost of ``study`` (``storage``: its StudyStorage, if it exists)."""
-    from raybench.study.config import expand_experiments, fixed_hparams_for, search_space_for
+    from raybench.study.config import (
+        expand_experiments,
+        fixed_hparams_for,
+        search_settings_for,
+        search_space_for,
+    )
+    from raybench.study.searchers import planned_configurations
 
     measured = _study_epoch_seconds(storage) if storage is not None else {}
     batch_costs = _batch_costs()
@@ -148,8 +154,8 @@ def estimate_study(study, storage=None) -> CostEstimate:
     gpu = float(study.resources.gpu)
     for e in expand_experiments(study):
         space = search_space_for(study, e.method)
-        n_configs = 1 if study.search.type == "fixed" or not space else study.search.n_calls
-        trials = n_configs * len(study.seeds)
+        trials = planned_configurations(search_settings_for(study, e.method), space) * len(
+            study.seeds)
         estimate.trials[e.experiment_id] = trials
         per_epoch, source = measured.get((e.task, e.cohort, e.method)), "this study's trials"
         if per_epoch is None and gpu == 0:

@@ -20,6 +20,11 @@
 6. Write ``trials.parquet`` as trials finish. A run stopped before every trial finished
    (Ctrl-C) keeps its state, writes no report and exits with 130
    (:class:`StudyIncomplete`); otherwise the report is built.
+
+A study with an ``ssl`` section first pretrains (:mod:`raybench.study.pretraining`: its own
+Tune run, its searchers' state in ``pretrain_search_state.json``, the pretraining artifacts in
+``<study>/artifacts``); its downstream experiments then run in the main Tune run like any
+method, loading the chosen checkpoints.
 """
 
 from __future__ import annotations
@@ -41,12 +46,15 @@ from raybench.search.state import StateError
 from raybench.study import processes
 from raybench.study.callbacks import TRIALS_FILE, StudyProgress, TrialsWriter, finished_before
 from raybench.study.lock import StudyLock
-from raybench.study.multiplex import FixedSearcher, StudySearcher
+from raybench.study.multiplex import StudySearcher
+from raybench.study.searchers import make_searcher, planned_configurations
 from raybench.study.storage import StudyStorage
 from raybench.study.trial import run_trial
 
 #: The searchers' state (JSON), written after every change, read on a resume.
 SEARCH_STATE = "search_state.json"
+#: The same for the pretraining phase of a study with an ``ssl`` section.
+PRETRAIN_STATE = "pretrain_search_state.json"
 
 
 def _write_provenance(storage: StudyStorage, source: Path, resolved: dict) -> None:
@@ -71,7 +79,8 @@ def _write_provenance(storage: StudyStorage, source: Path, resolved: dict) -> No
 
 def _check_same_study(storage: StudyStorage, resolved: dict) -> None:
     previous = storage.read_bytes("resolved_study.yaml")
-    if previous is not None and storage.read_bytes(SEARCH_STATE) is not None:
+    states = (SEARCH_STATE, PRETRAIN_STATE)
+    if previous is not None and any(storage.read_bytes(f) is not None for f in states):
         if yaml.safe_load(previous) != yaml.safe_load(yaml.safe_dump(resolved)):
             raise RaybenchError(
                 f"{storage.uri} holds a study with a different configuration; resuming it "
@@ -96,17 +105,12 @@ def prepare_data(study, study_dir: Path, show: bool) -> Path:
     return prepared
 
 
-def _searcher(study, experiment, space: dict, fixed: dict):
-    from raybench.search.gp import GPSearcher
+def _searcher(study, experiment, space: dict, fixed: dict | None = None):
+    """The searcher of ``experiment`` (:func:`raybench.study.searchers.make_searcher` over the
+    search section that explores it: ``search``, or ``ssl.downstream_search``)."""
+    from raybench.study.config import search_settings_for
 
-    search = study.search
-    if search.type == "fixed" or not space:
-        return FixedSearcher({}, list(study.seeds))
-    initial = search.n_calls if search.type == "random" else search.n_initial_points
-    return GPSearcher(space=space, metric="selection", mode="max", n_calls=search.n_calls,
-                      seeds=list(study.seeds), n_initial_points=initial,
-                      acq_func=getattr(search, "acq_func", "gp_hedge"),
-                      random_state=getattr(search, "random_state", 0))
+    return make_searcher(search_settings_for(study, experiment.method), space, study.seeds)
 
 
 def _init_ray(show: bool) -> None:
@@ -152,17 +156,19 @@ def _ray_processes() -> list[dict]:
     return [{"pid": p.pid, "start": p.start, "name": p.name} for p in processes.descendants()]
 
 
-def _save_state(storage: StudyStorage, searcher: StudySearcher) -> None:
-    storage.write_bytes(SEARCH_STATE, json.dumps(searcher.get_state(), allow_nan=False,
-                                                 sort_keys=True).encode())
+def _save_state(storage: StudyStorage, searcher: StudySearcher,
+                name: str = SEARCH_STATE) -> None:
+    storage.write_bytes(name, json.dumps(searcher.get_state(), allow_nan=False,
+                                         sort_keys=True).encode())
 
 
-def _load_state(storage: StudyStorage, searcher: StudySearcher) -> int:
+def _load_state(storage: StudyStorage, searcher: StudySearcher, name: str = SEARCH_STATE
+                ) -> int:
     """Continue the searchers from ``search_state.json`` (JSON only); returns reopened trials."""
-    raw = storage.read_bytes(SEARCH_STATE)
+    raw = storage.read_bytes(name)
     if raw is None:
         return 0
-    where = storage.join(SEARCH_STATE)
+    where = storage.join(name)
     try:
         return searcher.load_state(json.loads(raw.decode("utf-8")), where)
     except (UnicodeDecodeError, ValueError) as exc:  # StateError is a ValueError
@@ -225,9 +231,11 @@ def _run_locked(path: Path, study, storage: StudyStorage, resolved: dict, lock: 
     from raybench.study.config import (
         expand_experiments,
         fixed_hparams_for,
+        search_settings_for,
         search_space_for,
         to_train_config,
     )
+    from raybench.study.ssl_plan import experiment_modalities, is_ssl_method, model_name
 
     _write_provenance(storage, Path(path), resolved)
     dataset = prepare_data(study, storage.local, show)
@@ -236,25 +244,41 @@ def _run_locked(path: Path, study, storage: StudyStorage, resolved: dict, lock: 
 
     experiments = expand_experiments(study)
     shared = load_shared(dataset, study.data.imputation)
-    tasks = sorted({e.task for e in experiments})
-    datasets = {t: load_prepared(dataset, t, study.data.imputation, shared=shared) for t in tasks}
+    tasks = {e.task for e in experiments}
+    if study.ssl is not None:
+        from raybench.study.pretraining import check_ssl_tasks
+
+        check_ssl_tasks(study, shared.manifest, str(dataset))
+        tasks.add(study.ssl.pretrain_task)
+    datasets = {t: load_prepared(dataset, t, study.data.imputation, shared=shared)
+                for t in sorted(tasks)}
     resources = {"cpu": study.resources.cpu, "gpu": study.resources.gpu}
+    pretrained = {}
+    if study.ssl is not None:
+        from raybench.study.pretraining import run_pretraining
+
+        pretrained = run_pretraining(study, storage, datasets, shared.manifest, resources, show)
     info, searchers, planned = {}, {}, {}
     for e in experiments:
-        model = get_model(e.method)
+        model = get_model(model_name(e.method))
         require_inputs(datasets[e.task], model.inputs, e.method)  # before any trial starts
         space, fixed = search_space_for(study, e.method), fixed_hparams_for(study, e.method)
         searchers[e.experiment_id] = _searcher(study, e, space, fixed)
-        n_configs = 1 if (study.search.type == "fixed" or not space) else study.search.n_calls
-        planned[e.experiment_id] = n_configs * len(study.seeds)
+        planned[e.experiment_id] = (planned_configurations(search_settings_for(study, e.method),
+                                                           space) * len(study.seeds))
         data = datasets[e.task]
         info[e.experiment_id] = {
             "task": e.task, "kind": data.kind, "label_names": data.label_names,
-            "cohort": e.cohort, "method": e.method, "missing_ratio": e.missing_ratio,
-            "modalities": "+".join(sorted(model.modalities)), "fixed": fixed,
+            "cohort": e.cohort, "method": e.method, "model": model.name,
+            "missing_ratio": e.missing_ratio,
+            "modalities": experiment_modalities(e.method, model.modalities), "fixed": fixed,
             "train_config": to_train_config(study, e, seed=0), "resources": resources,
             "selection_metric": _selection_metric(e.task),
         }
+        if is_ssl_method(e.method):
+            from raybench.study.pretraining import downstream_choice
+
+            info[e.experiment_id]["pretrained"] = downstream_choice(pretrained, e)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, datasets=datasets, experiments=info,
                              storage=storage.uri),

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from preprocessing.config import PreprocessConfig
+from raybench.study.ssl_schema import SSLSection
 
 SCHEMA_VERSION = 1
 COHORTS = ("base", "matched")
@@ -269,6 +270,7 @@ class StudyConfig(_Section):
     robustness: RobustnessSection = Field(default_factory=RobustnessSection)
     fairness: FairnessSection = Field(default_factory=FairnessSection)
     report: ReportSection = Field(default_factory=ReportSection)
+    ssl: SSLSection | None = Field(None, description="self-supervised pretraining (docs/ssl.md)")
 
     @model_validator(mode="before")
     @classmethod
@@ -308,13 +310,20 @@ class StudyConfig(_Section):
             names = [v for v in value if not isinstance(v, str)]
             if names:
                 raise _fail(f"list entries must be method names, got {names[0]!r}")
-            _unique(tuple(value), "method")
+            if value:
+                _unique(tuple(value), "method")
             return {name: {} for name in value}
         if isinstance(value, Mapping):
-            if not value:
-                raise _fail("needs at least one method")
             return {name: _method_entry(spec) for name, spec in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _some_method(self) -> StudyConfig:
+        if not self.methods and self.ssl is None:
+            raise PydanticCustomError(
+                "study", "{detail}", {"detail": "methods: needs at least one method (or an "
+                                                "`ssl` section)"})
+        return self
 
     @model_validator(mode="after")
     def _cross_check(self) -> StudyConfig:

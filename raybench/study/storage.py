@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 __all__ = ["StudyStorage", "is_remote", "read_bytes", "write_bytes"]
 
 #: What the report reads from a study directory.
-REPORT_INPUTS = ("resolved_study.yaml", "trials.parquet", "predictions")
+REPORT_INPUTS = ("resolved_study.yaml", "trials.parquet", "predictions", "pretraining.json")
 
 
 def is_remote(storage: str) -> bool:

@@ -22,6 +22,20 @@ from raybench.trainer import TrainConfig, train_and_evaluate
 CONTROL_KEYS = ("experiment_id", "seed", "config_id")
 
 
+def _pretrained(experiment: dict, seed: int, storage: str) -> tuple[dict, dict, dict]:
+    """The chosen pretraining checkpoint of a downstream SSL trial: its state, the searched
+    pretraining hyperparameters it was trained with, and where it came from."""
+    from raybench.study.artifacts import Artifact
+    from raybench.study.pretraining import require_selection
+
+    pretrained = experiment["pretrained"]
+    run = require_selection(pretrained["choice"], experiment["method"], pretrained["key"], seed)
+    state = Artifact(storage, run["artifact"]).load_checkpoint(run["epoch"])
+    origin = {"pretrain_artifact": run["artifact"], "pretrain_epoch": int(run["epoch"]),
+              "pretrain_val_score": float(run["val_score"])}
+    return state, dict(pretrained["choice"]["params"]), origin
+
+
 def trial_key(config: dict) -> str:
     """Stable name of a trial's outputs: experiment, configuration, seed, parameter hash."""
     params = {k: v for k, v in sorted(config.items()) if k not in CONTROL_KEYS}
@@ -52,8 +66,13 @@ def run_trial(config: dict, datasets: dict[str, PreparedTask], experiments: dict
     train_config: TrainConfig = dataclasses.replace(experiment["train_config"],
                                                     seed=int(config["seed"]))
     started = time.perf_counter()
-    result = train_and_evaluate(datasets[experiment["task"]], experiment["method"],
-                                {**experiment["fixed"], **params}, train_config)
+    state, pretrain_params, origin = None, {}, {}
+    if "pretrained" in experiment:  # a downstream SSL experiment: load the chosen checkpoint
+        state, pretrain_params, origin = _pretrained(experiment, int(config["seed"]), storage)
+    result = train_and_evaluate(datasets[experiment["task"]],
+                                experiment.get("model", experiment["method"]),
+                                {**experiment["fixed"], **pretrain_params, **params},
+                                train_config, pretrained=state)
     buffer = io.BytesIO()
     result.predictions.to_parquet(buffer, index=False)
     relpath = f"predictions/{key}.parquet"
@@ -71,6 +90,7 @@ def run_trial(config: dict, datasets: dict[str, PreparedTask], experiments: dict
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "predictions_file": relpath,
+        **origin,
     })
     write_bytes(storage, f"results/{key}.json", json.dumps(metrics).encode())
     tune.report(metrics)
