@@ -21,6 +21,7 @@ from raybench.report.load import load_study
 from raybench.report.output import write_outputs
 from raybench.report.results import main_results_section, per_label_section
 from raybench.report.robustness import robustness_section
+from raybench.report.ssl_section import has_ssl, ssl_section
 from raybench.report.tables import md_table, metric_label
 
 __all__ = ["build_report"]
@@ -76,7 +77,7 @@ def _header(ctx: ReportContext) -> list[str]:
         "configuration's test metrics as mean ± SD over its seeds.", "",
         "Contents: 1. Main results · 2. Per-condition AUPRC · 3. Robustness to missing CXR · "
         "4. Fairness · 5. Calibration and cost · 6. Hyperparameters and convergence · "
-        "7. Failed trials", ""]
+        "7. Failed trials" + (" · 8. Self-supervised pretraining" if has_ssl(ctx) else ""), ""]
     return lines
 
 
@@ -151,7 +152,8 @@ def build_report(study_dir: Path, out_dir: Path | None = None, *, n_bootstrap: i
     with np.errstate(all="ignore"):
         lines = [*_header(ctx), *main_results_section(ctx), *per_label_section(ctx),
                  *robustness_section(ctx), *fairness_section(ctx),
-                 *calibration_cost_section(ctx), *search_section(ctx), *_failed_section(ctx)]
+                 *calibration_cost_section(ctx), *search_section(ctx), *_failed_section(ctx),
+                 *ssl_section(ctx)]
     text = "\n".join(lines).rstrip("\n") + "\n"
     ctx.files[REPORT_NAME] = text.encode("utf-8")
     write_outputs(out, ctx.files)
