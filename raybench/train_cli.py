@@ -44,6 +44,9 @@ def split_overrides(method: str, overrides: dict) -> tuple[dict, TrainConfig, di
             loader[key] = tuple(value) if isinstance(value, list) else value
         elif key in run:
             run[key] = value
+        elif key in ("ssl_eval", "ssl_modality", "probe_layer"):
+            raise RaybenchError(f"{key}: {method} is supervised; {key} applies to the "
+                                "self-supervised methods (convirt, vicreg, align)")
         else:
             valid = sorted(model_keys | train_keys | loader_keys | set(run))
             raise RaybenchError(f"unknown setting {key!r} for method {method!r}; "

@@ -124,6 +124,14 @@ def test_bad_input_is_one_line_with_exit_code_2(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "ssl.batch_size" in err and "Traceback" not in err
 
 
+def test_train_command_refuses_ssl_settings_on_a_supervised_method(capsys):
+    args = ["train", "--task", "mortality", "--method", "medfuse", "--data", "/nowhere",
+            "--set", "ssl_eval=linear"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "medfuse is supervised; ssl_eval applies" in err
+
+
 def test_a_task_without_labels_in_the_dataset_is_refused():
     study = validate_study(_study(tasks=["phenotyping"]), "x.yaml")
     manifest = {"tasks": {"mortality": {}, "phenotyping": {}}}
