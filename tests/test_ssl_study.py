@@ -8,8 +8,6 @@ import json
 import os
 import pickle
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_study_runner import _study as run_study_process
 
 from raybench.cli import main
 from raybench.errors import RaybenchError
@@ -236,14 +235,6 @@ ssl:
 """
 
 
-def _run(path: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen([sys.executable, "-m", "raybench.cli", "study", str(path),
-                             "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env, start_new_session=True)
-
-
 def _files(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")
             if p.is_file()}
@@ -253,7 +244,7 @@ def test_pretraining_is_reused_after_kill_minus_9(prepared_small, tmp_path):
     path = tmp_path / "study.yaml"
     out = tmp_path / "out"
     path.write_text(STUDY.format(storage=out, data=prepared_small))
-    proc = _run(path)
+    proc = run_study_process(str(path))  # the kill-and-resume harness of test_study_runner
     deadline = time.time() + 600
     while time.time() < deadline:  # kill as soon as the first downstream trial is under way
         if (out / "pretraining.json").is_file() and list((out / "tune").glob("trial_*")):
@@ -269,7 +260,7 @@ def test_pretraining_is_reused_after_kill_minus_9(prepared_small, tmp_path):
     before = _files(out / "artifacts")
     assert sum(1 for name in before if name.endswith("pretrain.json")) == 2
 
-    again = _run(path)
+    again = run_study_process(str(path))
     log, _ = again.communicate(timeout=900)
     assert again.returncode == 0, log[-3000:]
     assert sorted(p.name for p in (out / "artifacts").iterdir()) == artifacts
