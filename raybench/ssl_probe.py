@@ -183,19 +183,40 @@ class CheckpointProber:
     def _ehr_table(self, model) -> tuple[np.ndarray, torch.Tensor]:
         """EHR features of every distinct input window of the probe samples (tasks and cohorts
         that share a window -- decompensation and length of stay, base and matched -- share
-        its feature): ``(sorted window keys, features)``."""
+        its feature): ``(sorted window keys, features)``. With a causal EHR encoder
+        (``ehr_step_features``) the windows that start on the same row -- the hourly samples
+        of a stay -- are prefixes of one sequence and come from one pass over it."""
         data = self.sets[0].data  # every task of a dataset shares the EHR matrix
         keys = np.unique(np.concatenate([self._window_keys(s, idx) for s in self.sets
                                          for idx in (s.train, s.val)]))
         span = self.loader.max_len + 1
         start, steps = keys // span, keys % span
-        parts = []
-        for i in range(0, len(keys), self.loader.batch_size):
-            sl = slice(i, i + self.loader.batch_size)
-            x = ehr_batch(data.ehr, start[sl], steps[sl]).to(self.device)
-            lengths = torch.from_numpy(steps[sl]).to(self.device)
-            parts.append(model.ehr_features(x, lengths).float().cpu())
-        return keys, torch.cat(parts) if parts else torch.zeros(0, 1)
+        batch = self.loader.batch_size
+        probe = ehr_batch(data.ehr, start[:1], steps[:1]).to(self.device)
+        causal = len(keys) > 0 and model.ehr_step_features(
+            probe, torch.from_numpy(steps[:1]).to(self.device)) is not None
+        if not causal:
+            parts = []
+            for i in range(0, len(keys), batch):
+                x = ehr_batch(data.ehr, start[i:i + batch], steps[i:i + batch]).to(self.device)
+                lengths = torch.from_numpy(steps[i:i + batch]).to(self.device)
+                parts.append(model.ehr_features(x, lengths).float().cpu())
+            return keys, torch.cat(parts) if parts else torch.zeros(0, 1)
+        # keys are sorted by (start, steps): each start's longest window is its last key
+        starts, first = np.unique(start, return_index=True)
+        longest = steps[np.r_[first[1:], len(keys)] - 1]
+        group = np.searchsorted(starts, start)
+        feats = None
+        for i in range(0, len(starts), batch):
+            x = ehr_batch(data.ehr, starts[i:i + batch], longest[i:i + batch]).to(self.device)
+            lengths = torch.from_numpy(longest[i:i + batch]).to(self.device)
+            out = model.ehr_step_features(x, lengths).float().cpu()
+            members = np.flatnonzero((group >= i) & (group < i + batch))
+            if feats is None:
+                feats = torch.zeros(len(keys), out.shape[-1])
+            feats[torch.from_numpy(members)] = out[torch.from_numpy(group[members] - i),
+                                                   torch.from_numpy(steps[members] - 1)]
+        return keys, feats
 
     def _window_keys(self, s: ProbeSet, idx: np.ndarray) -> np.ndarray:
         start, steps = ehr_windows(s.data, idx, self.loader.max_len)

@@ -42,7 +42,7 @@ from raybench.models.base import (
     TaskSpec,
 )
 from raybench.models.cxr_encoders import CXR_HPARAMS, build_cxr_encoder
-from raybench.models.ehr_encoders import EHR_HPARAMS, build_ehr_encoder
+from raybench.models.ehr_encoders import EHR_HPARAMS, LSTMEncoder, build_ehr_encoder
 
 __all__ = ["DOWNSTREAM_KEYS", "SSL_EVALUATIONS", "SSL_MODALITIES", "PROBE_LAYERS",
            "SelfSupervisedModel", "combine_features", "parse_milestones",
@@ -224,6 +224,21 @@ class SelfSupervisedModel(MultimodalModel):
         """The EHR part of :meth:`features` (encoder output or its projection)."""
         h = self.ehr_encoder(ehr, lengths)
         return self.ehr_projection(h) if self.hparams["probe_layer"] == "projection" else h
+
+    def ehr_step_features(self, ehr: torch.Tensor, lengths: torch.Tensor
+                          ) -> torch.Tensor | None:
+        """``[B, T, d]``: at step ``k`` the EHR feature of the sequence's first ``k + 1``
+        steps, when the EHR encoder is causal (a unidirectional LSTM: its output at a step is
+        its hidden state there); None for other encoders. Lets a probe compute the features of
+        every hourly sample of a stay in one pass over the stay."""
+        encoder = self.ehr_encoder
+        if not isinstance(encoder, LSTMEncoder) or encoder.bidirectional:
+            return None
+        steps, _ = encoder.forward_steps(ehr, lengths)
+        if self.hparams["probe_layer"] == "projection":
+            flat = self.ehr_projection(steps.reshape(-1, steps.shape[-1]))
+            steps = flat.reshape(steps.shape[0], steps.shape[1], -1)
+        return steps
 
     def cxr_features(self, cxr: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """The CXR part of :meth:`features`; exact zeros where ``present`` is False (absent
