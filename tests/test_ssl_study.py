@@ -200,6 +200,9 @@ def test_artifact_keys_checkpoints_and_safe_loading(tmp_path):
     with pytest.raises(RaybenchError, match="cannot load the checkpoint"):
         Artifact(str(tmp_path / "local"), spec.key()).load_checkpoint(20)
     assert pickle.loads(pickle.dumps(_Evil())).__class__ is _Evil
+    for bad in ("../../etc", "0123", 7):  # keys are computed, never paths from a file
+        with pytest.raises(RaybenchError, match="not a pretraining artifact key"):
+            Artifact(str(tmp_path), bad)
 
 
 class _Evil:

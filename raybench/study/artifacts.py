@@ -11,9 +11,10 @@ and stored under the first 16 hex digits of the SHA-1 of that spec (canonical JS
     artifacts/<key>/pretrain.json                written last: the run is finished
 
 Every file is written atomically through :mod:`raybench.study.storage` (a temporary name,
-then a move), so the study directory may be a URI. Checkpoints are ``torch.save`` files of
-plain tensors and numbers, read back with ``torch.load(weights_only=True)``: nothing in a
-study directory is unpickled.
+then a move), so the study directory may be a URI. The only file ever deleted is a finished
+run's own ``resume.pt``, by a name computed here (never read from the study directory).
+Checkpoints are ``torch.save`` files of plain tensors and numbers, read back with
+``torch.load(weights_only=True)``: nothing in a study directory is unpickled.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,8 @@ class Artifact:
     """One pretraining run's directory under ``<storage>/artifacts/<key>``."""
 
     def __init__(self, storage: str, key: str) -> None:
+        if not isinstance(key, str) or not re.fullmatch(r"[0-9a-f]{16}", key):
+            raise RaybenchError(f"not a pretraining artifact key: {key!r} (16 hex digits)")
         self.storage, self.key = str(storage), key
 
     def relpath(self, name: str) -> str:

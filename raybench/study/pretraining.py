@@ -295,7 +295,8 @@ def _finished(study, plans: dict, searcher, storage) -> tuple[list[dict], int, i
                     bad.append(keys[-1])
                     continue
                 # two configurations with equal hyperparameters share one artifact
-                records.append({**record, "config_id": int(entry["config_id"]),
+                records.append({**record, "key": spec.key(),  # computed, not read
+                                "config_id": int(entry["config_id"]),
                                 "params": dict(entry["params"])})
         done[experiment] = {"keys": keys, "failed": bad, "best": None}
     return records, failed, missing, done
