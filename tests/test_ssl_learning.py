@@ -8,7 +8,7 @@ modality, then the downstream linear probe (one linear layer, frozen encoders, n
 augmentation) trained on the training split and selected on validation; test AUROC of one
 label. Seeds 0/1/2. Pretraining uses AdamW (lr 1e-3) for all three methods: with LARS each
 weight moves by about ``lr * trust_coefficient`` = 6e-4 of its norm per step at MedMod's
-lr 0.6, and these 153 pairs give 150 steps in 30 epochs, too few to learn anything.
+lr 0.6, and these ~150 pairs give ~150 steps in 30 epochs, too few to learn anything.
 
 * *Respiratory failure* (support devices in the image, FiO2 in the EHR): the CXR-only probe on
   the pretrained encoder beats the same probe on a randomly initialised frozen encoder by
