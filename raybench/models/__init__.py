@@ -16,6 +16,7 @@ from raybench.models import (  # noqa: F401  (imported for registration)
     cxr_resnet,
     daft,
     ehr_unimodal,
+    healnet,
     late_fusion,
     medfuse,
     mmtm,
