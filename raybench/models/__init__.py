@@ -15,6 +15,7 @@ from raybench.models import (  # noqa: F401  (imported for registration)
     convirt,
     cxr_resnet,
     daft,
+    drfuse,
     ehr_unimodal,
     healnet,
     late_fusion,
