@@ -21,6 +21,7 @@ from raybench.models import (  # noqa: F401  (imported for registration)
     late_fusion,
     medfuse,
     mmtm,
+    shaspec,
     umse,
     vicreg,
 )
