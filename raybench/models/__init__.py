@@ -19,6 +19,7 @@ from raybench.models import (  # noqa: F401  (imported for registration)
     ehr_unimodal,
     healnet,
     late_fusion,
+    m3care,
     medfuse,
     mmtm,
     shaspec,
