@@ -11,19 +11,24 @@ from __future__ import annotations
 
 from raybench.models import (  # noqa: F401  (imported for registration)
     align,
+    aug,
     concat_fusion,
     convirt,
     cxr_resnet,
     daft,
     drfuse,
     ehr_unimodal,
+    flex_moe,
     healnet,
+    inforeg,
     late_fusion,
     m3care,
     medfuse,
     mmtm,
     shaspec,
+    smil,
     umse,
+    utde,
     vicreg,
 )
 from raybench.models.base import (
