@@ -23,7 +23,7 @@ from raybench.models.base import (
 )
 from raybench.models.carebench_common import (
     CAREBENCH_HPARAMS,
-    fixed_weight_loss_mask,
+    no_task_loss_mask,
     soft_target_loss,
     true_label_score,
 )
@@ -160,7 +160,7 @@ class AUG(MultimodalModel):
         if self.training:
             for m in MODALITIES:
                 self.epoch_scores[m] += float(true_label_score(outputs[m][0], y, self.task.kind))
-            extras["loss_mask"] = fixed_weight_loss_mask(batch)
+            extras["loss_mask"] = no_task_loss_mask(batch)
         return ModelOutput(logits=fused, aux_losses=aux, extras=extras)
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:

@@ -4,7 +4,7 @@
   1 layer, dropout 0.2; ImageNet ResNet-50; lr 1e-4).
 - :func:`true_label_score`: a batch's summed probability of the true labels, the per-modality
   "classification ability" score AUG and InfoReg compare.
-- :func:`fixed_weight_loss_mask`: an all-False ``loss_mask`` for methods whose whole training
+- :func:`no_task_loss_mask`: an all-False ``loss_mask`` for methods whose whole training
   objective is in ``aux_losses`` (the trainer's task loss on ``logits`` then adds zero).
 - :func:`soft_target_loss`: BCE / cross-entropy against soft targets (AUG's residual term).
 """
@@ -20,7 +20,7 @@ from raybench.models.base import TRAINER_HPARAMS
 
 __all__ = [
     "CAREBENCH_HPARAMS",
-    "fixed_weight_loss_mask",
+    "no_task_loss_mask",
     "probabilities",
     "soft_target_loss",
     "true_label_score",
@@ -72,6 +72,6 @@ def soft_target_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> t
     return F.binary_cross_entropy_with_logits(logits, target.reshape(logits.shape))
 
 
-def fixed_weight_loss_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def no_task_loss_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """All-False bool ``[B]``: the trainer's task loss on ``logits`` becomes an attached zero."""
     return torch.zeros(batch["ehr"].shape[0], dtype=torch.bool, device=batch["ehr"].device)

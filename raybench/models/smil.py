@@ -29,7 +29,7 @@ from raybench.models.base import (
 )
 from raybench.models.carebench_common import (
     CAREBENCH_HPARAMS,
-    fixed_weight_loss_mask,
+    no_task_loss_mask,
     probabilities,
 )
 from raybench.models.cxr_encoders import build_cxr_encoder, encode_present
@@ -223,7 +223,7 @@ class SMIL(MultimodalModel):
         with sdpa_kernel(SDPBackend.MATH):  # the only attention kernel with double backward
             aux = self._meta_losses(batch, cxr, present)
         return ModelOutput(logits=logits, aux_losses=aux,
-                           extras={"loss_mask": fixed_weight_loss_mask(batch)})
+                           extras={"loss_mask": no_task_loss_mask(batch)})
 
     def _meta_split(self, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Meta-train rows and meta-val rows (the latter: with an image; may be empty)."""

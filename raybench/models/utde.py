@@ -180,7 +180,8 @@ class UTDE(MultimodalModel):
     reference code's time attention would ignore it; CareBench also queries image times in
     [0, 1] against keys in hours and feeds the cross network one pooled EHR vector repeated
     500 times, never using the UTDE gate); the image feature is CareBench's ResNet-50 with a
-    Linear + ReLU + dropout adapter. Without feature names (``DataSpec.feature_names`` empty)
+    Linear + ReLU + dropout adapter; mTAND has ``nhead`` heads (the reference code 8) and no
+    dropout on its attention weights. Without feature names (``DataSpec.feature_names`` empty)
     every channel counts as observed at every valid step. Missing images are the zero image
     with time 0 (``handles_missing_cxr`` False, as in CareBench).
     """
