@@ -11,7 +11,7 @@ once per round, best round kept) so that background load hits all of them alike.
 
 Presets: ``carebench`` (default): every method at its defaults with CareBench's ResNet-50
 and 224 px crops (ImageNet weights are not needed for timing); ``tiny``: hidden 32,
-``resnet_tiny``, one EHR layer, 56 px crops (CPU-sized, as in the learning tests).
+``resnet_tiny``, 56 px crops, other settings at their defaults (CPU-sized).
 
     python benchmarks/model_cost.py [--preset carebench|tiny] [--batches 8] [--repeats 2]
                                     [--methods a,b] [--device auto] [--workdir DIR]
@@ -38,7 +38,7 @@ from raybench.models import get_model, list_models
 PRESETS = {
     "carebench": {"image_size": 256, "hparams": {"cxr_backbone": "resnet50",
                                                  "pretrained": False}},
-    "tiny": {"image_size": 64, "hparams": {"hidden": 32, "ehr_layers": 1, "nhead": 2,
+    "tiny": {"image_size": 64, "hparams": {"hidden": 32, "nhead": 2,
                                            "cxr_backbone": "resnet_tiny",
                                            "pretrained": False}},
 }
