@@ -1,7 +1,7 @@
 """Pieces shared by the CareBench fusion methods UTDE, AUG, InfoReg, Flex-MoE and SMIL.
 
-- :data:`CAREBENCH_HPARAMS`: CareBench's common defaults (EHR transformer d 256, 4 heads,
-  1 layer, dropout 0.2; ImageNet ResNet-50; lr 1e-4).
+- :data:`CAREBENCH_HPARAMS`: CareBench's common defaults, re-exported from
+  :mod:`raybench.models.carebench_blocks`.
 - :func:`true_label_score`: a batch's summed probability of the true labels, the per-modality
   "classification ability" score AUG and InfoReg compare.
 - :func:`no_task_loss_mask`: an all-False ``loss_mask`` for methods whose whole training
@@ -11,12 +11,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from raybench.models.base import TRAINER_HPARAMS
+from raybench.models.carebench_blocks import CAREBENCH_HPARAMS  # one home for the defaults
 
 __all__ = [
     "CAREBENCH_HPARAMS",
@@ -25,23 +23,6 @@ __all__ = [
     "soft_target_loss",
     "true_label_score",
 ]
-
-#: CareBench's shared defaults: EHR transformer (d 256, 4 heads, 1 layer), dropout 0.2,
-#: ImageNet ResNet-50 (loaded only from the local cache), lr 1e-4. ``bidirectional`` only
-#: matters if ``ehr_encoder`` is switched to the LSTM.
-CAREBENCH_HPARAMS: dict[str, Any] = {
-    "ehr_encoder": "transformer",
-    "hidden": 256,
-    "ehr_layers": 1,
-    "nhead": 4,
-    "dropout": 0.2,
-    "max_len": 512,
-    "bidirectional": False,
-    "cxr_backbone": "resnet50",
-    "pretrained": True,
-    **TRAINER_HPARAMS,
-}
-
 
 def probabilities(logits: torch.Tensor, kind: str) -> torch.Tensor:
     """Softmax (multiclass) or sigmoid (binary/multilabel) of ``logits``."""
