@@ -100,6 +100,18 @@ def test_study_file_contents():
     assert (care.search.n_calls, care.search.n_initial_points, care.search.acq_func) == (
         20, 5, "gp_hedge")
     assert fixed_hparams_for(care, "medfuse")["cxr_backbone"] == "resnet50"
+    carebench_17 = {"ehr_lstm", "ehr_transformer", "cxr_resnet", "late_fusion", "mmtm", "daft",
+                    "utde", "aug", "inforeg", "healnet", "flex_moe", "drfuse", "medfuse",
+                    "m3care", "shaspec", "smil", "umse"}
+    assert set(care.methods) == carebench_17
+    assert set(care.tasks) == {"phenotyping", "mortality_icu", "length_of_stay_7"}
+    assert set(care.cohorts) == {"base", "matched"}
+    for method in carebench_17:  # CareBench fixes lr; it searches exactly its eight methods
+        assert fixed_hparams_for(care, method)["lr"] == 1e-4
+        space = search_space_for(care, method)
+        searched = method in {"aug", "inforeg", "healnet", "flex_moe", "drfuse", "shaspec",
+                              "m3care", "smil"}
+        assert (space == get_model(method).search_space()) if searched else space == {}
     medmod = load_study(STUDIES / "medmod.yaml")
     assert set(medmod.tasks) == {"mortality", "phenotyping", "decompensation",
                                  "length_of_stay", "radiology"}
