@@ -1,11 +1,11 @@
 """Learning on planted signals and missing images at test time, for every fusion method.
 
-Parametrised over the registry: every registered method that uses both modalities is
-checked, so a new one is covered automatically. Settings (issue 14): the synthetic
+Parametrised over the registry: every registered supervised method that uses both
+modalities is checked, so a new one is covered automatically. Settings (issue 14): the synthetic
 800-patient dataset (``prepared_medium``: 64 px images), ``resnet_tiny``, hidden 32, one EHR
 layer, no augmentation, seeds 0/1/2, 12 epochs selected on validation, batch 32, the last 64
 EHR steps; ``lr`` 1e-3 (the EHR LSTM baseline 3e-3, as in ``test_training.py``; MMTM two
-EHR layers, its minimum).
+EHR layers, its minimum; 8 px patches for HEALNet and UMSE).
 
 1. Matched cohort (samples with an image): the 3-seed mean test AUROC on *Congestive heart
    failure* (planted in the image only) must beat ``ehr_lstm``'s by 0.10, and on *Essential
@@ -32,17 +32,23 @@ from preprocessing.phenotypes import phenotype_names
 from raybench import trainer as T
 from raybench.data import LoaderConfig, load_prepared
 from raybench.models import get_model, list_models
+from raybench.models.ssl_base import SelfSupervisedModel
 
 pytestmark = pytest.mark.slow
 
 SEEDS = (0, 1, 2)
-BOTH = [n for n in list_models() if get_model(n).modalities == {"ehr", "cxr"}]
+#: Supervised fusion methods (the self-supervised ones have their own protocol and learning
+#: tests: tests/test_ssl_learning.py).
+BOTH = [n for n in list_models() if get_model(n).modalities == {"ehr", "cxr"}
+        and not issubclass(get_model(n), SelfSupervisedModel)]
 MISSING_AWARE = [n for n in BOTH if get_model(n).handles_missing_cxr]
 SETTINGS = {"hidden": 32, "ehr_layers": 1, "lr": 1e-3, "cxr_backbone": "resnet_tiny",
             "pretrained": False, "nhead": 2}
 #: Per-method exceptions: the EHR LSTM baseline's learning rate (as in test_training.py);
 #: MMTM acts between the first LSTM layer and the others, so it needs two.
-OVERRIDES = {"ehr_lstm": {"lr": 3e-3}, "mmtm": {"ehr_layers": 2}}
+#: HEALNet and UMSE embed image patches themselves; 8 px divides the 56 px crop.
+OVERRIDES = {"ehr_lstm": {"lr": 3e-3}, "mmtm": {"ehr_layers": 2},
+             "healnet": {"healnet_patch": 8}, "umse": {"umse_patch": 8}}
 CHF = "Congestive heart failure; nonhypertensive"
 HTN = "Essential hypertension"
 _CACHE: dict[tuple[str, str, int], object] = {}
